@@ -1,0 +1,48 @@
+"""The explicit reverse pass: a network's own ``fwd``/``bwd`` rules, no ``jax.grad``.
+
+This is backpropagation written out the way the seeds do it by hand: run every
+layer's forward keeping its residuals, evaluate the loss and its gradient with
+respect to the prediction, then run every layer's backward in reverse order. No
+``jax.grad`` and no ``custom_vjp`` dispatch is involved, so it checks the
+hand-written rules independently of JAX's autodiff, and ``trace=True`` returns
+the whole transcript.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax.numpy as jnp
+
+from manualgrad import trace as _trace
+from manualgrad.core import Op
+from manualgrad.nn import Layer
+
+__all__ = ["value_and_grad"]
+
+
+def value_and_grad(model: Layer, loss: Op, *, trace: bool = False) -> Callable[..., tuple]:
+    """Return ``f(params, x, target) -> (loss_value, grads)`` computed by explicit backprop.
+
+    ``loss`` is an op taking ``(prediction, target)``; for a ``fanout`` model the
+    prediction and the target are tuples (see :func:`manualgrad.losses.multitask`).
+    ``grads`` has the structure of ``params``. With ``trace=True`` the function returns
+    ``(loss_value, grads, trace)``, where ``trace`` (a :class:`manualgrad.trace.Trace`)
+    holds, for every layer in forward order, its input, output, upstream gradient
+    ``dL/dy``, input gradient ``dL/dx`` and parameter gradients, followed by the loss's
+    entry. ``print(trace)`` gives a step-by-step transcript. The function is jittable.
+    """
+
+    def run(params: Any, x: Any, target: Any) -> tuple:
+        with _trace.recording(enabled=trace) as tape:
+            y, res = model.fwd(params, x)
+            value, loss_res = loss.fwd(y, target)
+            y_bar = loss.bwd(loss_res, jnp.ones_like(value))[0]
+            slot = _trace.record_forward(loss.name, y, value)
+            _trace.record_backward(slot, jnp.ones_like(value), (), y_bar)
+            grads, _ = model.bwd(res, y_bar)
+        if trace:
+            return value, grads, _trace.Trace(tape.entries)
+        return value, grads
+
+    return run

@@ -1,0 +1,315 @@
+"""Losses: scalar functions of a prediction and a target, with hand-written VJPs.
+
+Every loss takes ``(prediction, target)``. The target is an ordinary argument
+(not a ``nondiff_argnums``) whose cotangent is zero: the backward rules return
+``None`` for it and the references wrap it in ``lax.stop_gradient``.
+
+Shapes are checked at trace time and never broadcast: a ``(4, 1)`` prediction
+against a ``(4, 2)`` target is a ``ValueError``, not a silently wrong mean.
+Values are not checked under ``jit`` (they are unknown while tracing):
+
+* non-finite predictions or targets give a non-finite loss and gradient;
+  the training loop in :mod:`manualgrad.train` stops on them.
+* out-of-range class ids (``< 0`` or ``>= C``) in :func:`softmax_cross_entropy`
+  make that example's loss and gradient ``NaN`` (never a quietly wrong number);
+  called outside ``jit`` with concrete labels, it raises ``ValueError`` instead.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from manualgrad.core import Example, Op, defop, describe, fail, register
+
+__all__ = [
+    "mse",
+    "sse",
+    "softmax_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "scaled",
+    "multitask",
+]
+
+
+def _same_shape(where: str):
+    def check(pred: jax.Array, target: jax.Array) -> None:
+        if np.shape(pred) != np.shape(target):
+            fail(
+                where,
+                f"{describe('pred', pred)} and {describe('target', target)} differ; "
+                "the loss compares them elementwise and does not broadcast",
+            )
+
+    return check
+
+
+def _regression_examples(rng: np.random.Generator) -> list[Example]:
+    return [Example((rng.normal(size=s), rng.normal(size=s))) for s in [(4, 1), (5, 3), (7,), (2, 3, 2)]]
+
+
+# -- mse -----------------------------------------------------------------------
+@defop(constant=("target",), check=_same_shape("manualgrad.losses.mse"), examples=_regression_examples)
+def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean squared error over all ``n`` elements: ``L = (1/n) sum (pred - target)**2``.
+
+    ``dL/dpred = (2/n) (pred - target)``; with upstream ``g``: ``pred_bar = 2 g d / n``
+    where ``d = pred - target``. Residual: ``d``.
+    """
+    return jnp.mean((pred - lax.stop_gradient(target)) ** 2)
+
+
+def mse_fwd(pred: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
+    d = pred - target
+    return jnp.mean(d * d), d
+
+
+def mse_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array, None]:
+    d = res
+    return (2.0 / d.size) * g * d, None
+
+
+mse.defvjp(mse_fwd, mse_bwd)
+
+
+# -- sse -----------------------------------------------------------------------
+@defop(constant=("target",), check=_same_shape("manualgrad.losses.sse"), examples=_regression_examples)
+def sse(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Sum of squared errors: ``L = sum (pred - target)**2``.
+
+    ``dL/dpred = 2 (pred - target)``, so ``pred_bar = 2 g d`` with ``d = pred - target``.
+    Residual: ``d``.
+    """
+    return jnp.sum((pred - lax.stop_gradient(target)) ** 2)
+
+
+def sse_fwd(pred: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
+    d = pred - target
+    return jnp.sum(d * d), d
+
+
+def sse_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array, None]:
+    return 2.0 * g * res, None
+
+
+sse.defvjp(sse_fwd, sse_bwd)
+
+
+# -- softmax_cross_entropy -----------------------------------------------------
+def _check_cross_entropy(logits: jax.Array, labels: jax.Array) -> None:
+    where = "manualgrad.losses.softmax_cross_entropy"
+    if jnp.ndim(logits) < 1:
+        fail(where, f"{describe('logits', logits)}: logits need a class axis, shape (..., C)")
+    if jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        if np.shape(labels) != np.shape(logits)[:-1]:
+            fail(
+                where,
+                f"{describe('labels', labels)} holds class ids, so it must have shape "
+                f"logits.shape[:-1]={np.shape(logits)[:-1]} ({describe('logits', logits)})",
+            )
+        if not isinstance(labels, jax.core.Tracer):
+            bad = np.asarray(labels)
+            bad = bad[(bad < 0) | (bad >= np.shape(logits)[-1])]
+            if bad.size:
+                fail(where, f"class ids must lie in [0, {np.shape(logits)[-1]}), got {bad[:5].tolist()}")
+    elif jnp.issubdtype(jnp.result_type(labels), jnp.floating):
+        if np.shape(labels) != np.shape(logits):
+            fail(
+                where,
+                f"{describe('labels', labels)} holds probabilities, so it must have the "
+                f"shape of logits ({describe('logits', logits)}); class ids must be integers",
+            )
+    else:
+        fail(where, f"{describe('labels', labels)}: labels must be integer class ids or float probabilities")
+
+
+def _cross_entropy_examples(rng: np.random.Generator) -> list[Example]:
+    probs = rng.dirichlet(np.ones(4), size=3)
+    return [
+        Example((rng.normal(size=(5, 4)) * 2, rng.integers(0, 4, size=(5,)))),
+        Example((rng.normal(size=(3,)), rng.integers(0, 3, size=()))),
+        Example((rng.normal(size=(2, 3, 6)), rng.integers(0, 6, size=(2, 3)))),
+        Example((rng.normal(size=(3, 4)), probs)),
+    ]
+
+
+def _log_softmax_and_probs(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    s = logits - lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    e = jnp.exp(s)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    return s - jnp.log(total), e / total
+
+
+def _class_ids(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One-hot rows for integer ``labels`` and the mask of ids inside ``[0, C)``."""
+    n_classes = logits.shape[-1]
+    labels = jnp.asarray(labels)
+    valid = (labels >= 0) & (labels < n_classes)
+    onehot = (labels[..., None] == jnp.arange(n_classes)).astype(logits.dtype)
+    return onehot, valid
+
+
+@defop(constant=("labels",), check=_check_cross_entropy, examples=_cross_entropy_examples)
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Softmax followed by cross-entropy, fused, averaged over the ``m`` rows (every axis
+    but the last, the class axis).
+
+    With ``p = softmax(z)`` and target distribution ``y`` (one-hot of an integer class id,
+    or given probabilities): ``L = -(1/m) sum_rows sum_c y_c log p_c``, where
+    ``log p_c = z_c - logsumexp(z)`` is evaluated on ``z - max(z)`` so logits of +-1e4 give
+    a finite loss.
+
+    Derivation, for one row: ``-sum_c y_c log p_c = (sum_c y_c) logsumexp(z) - sum_c y_c z_c``
+    and ``d logsumexp(z)/dz_j = p_j``, so ``dL/dz_j = (p_j sum_c y_c - y_j) / m``, which is
+    ``(p - y) / m`` for a distribution ``y`` (one-hot or probabilities summing to one). This is
+    ``(S - Y) / m``, not the ``S - Y / m`` of seed 002's eq. (4.8).
+
+    The fused backward needs no softmax Jacobian: the forward already forms
+    ``d = (p sum(y) - y) / m`` and the backward is ``logits_bar = g * d``. Residual: ``d``.
+    Out-of-range integer ids give ``NaN`` for their row's loss and gradient.
+    """
+    log_p, _ = _log_softmax_and_probs(logits)
+    if jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        onehot, valid = _class_ids(logits, labels)
+        per_row = jnp.where(valid, -jnp.sum(onehot * log_p, axis=-1), jnp.nan)
+    else:
+        per_row = -jnp.sum(lax.stop_gradient(labels) * log_p, axis=-1)
+    return jnp.mean(per_row)
+
+
+def softmax_cross_entropy_fwd(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    log_p, p = _log_softmax_and_probs(logits)
+    m = p.size // p.shape[-1]
+    if jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        y, valid = _class_ids(logits, labels)
+        per_row = jnp.where(valid, -jnp.sum(y * log_p, axis=-1), jnp.nan)
+        d = jnp.where(valid[..., None], p - y, jnp.nan)
+    else:
+        per_row = -jnp.sum(labels * log_p, axis=-1)
+        d = p * jnp.sum(labels, axis=-1, keepdims=True) - labels
+    return jnp.mean(per_row), d / m
+
+
+def softmax_cross_entropy_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array, None]:
+    return g * res, None
+
+
+softmax_cross_entropy.defvjp(softmax_cross_entropy_fwd, softmax_cross_entropy_bwd)
+
+
+# -- binary_cross_entropy_with_logits -----------------------------------------
+def _binary_examples(rng: np.random.Generator) -> list[Example]:
+    return [Example((rng.normal(size=s) * 3, rng.uniform(size=s))) for s in [(6,), (4, 1), (2, 3)]] + [
+        Example((rng.normal(size=(5,)), rng.integers(0, 2, size=(5,)).astype(np.float64)))
+    ]
+
+
+@defop(
+    constant=("targets",),
+    check=_same_shape("manualgrad.losses.binary_cross_entropy_with_logits"),
+    examples=_binary_examples,
+)
+def binary_cross_entropy_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Sigmoid followed by binary cross-entropy, fused and averaged over all ``n`` elements.
+
+    With ``p = sigmoid(z)`` and targets ``t`` in [0, 1]:
+    ``l = -t log p - (1 - t) log(1 - p) = softplus(z) - t z``, and
+    ``softplus(z) = max(z, 0) + log1p(exp(-|z|))`` never overflows.
+    ``dl/dz = sigmoid(z) - t``, the familiar ``(1 - t)/(1 - p) - t/p`` of seed 003 times
+    ``dp/dz = p (1 - p)``. So ``logits_bar = g (sigmoid(z) - t) / n``. Residual: that
+    difference ``sigmoid(z) - t``.
+    """
+    t = lax.stop_gradient(targets)
+    return jnp.mean(jnp.maximum(logits, 0.0) - logits * t + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+
+
+def binary_cross_entropy_with_logits_fwd(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    loss = jnp.mean(jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+    return loss, jax.nn.sigmoid(logits) - targets
+
+
+def binary_cross_entropy_with_logits_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array, None]:
+    return (g / res.size) * res, None
+
+
+binary_cross_entropy_with_logits.defvjp(binary_cross_entropy_with_logits_fwd, binary_cross_entropy_with_logits_bwd)
+
+
+# -- combinators ----------------------------------------------------------------
+def scaled(loss: Op, factor: float) -> Op:
+    """``factor * loss(pred, target)`` as an op of its own.
+
+    By linearity, ``pred_bar = loss.bwd(res, factor * g)``. Seed 002's printed gradients,
+    for instance, are those of ``scaled(mse, 0.5)``.
+    """
+    factor = float(factor)
+
+    def reference(pred, target):
+        return factor * loss.reference(pred, target)
+
+    def check(pred, target):
+        loss.bind((pred, target), {})
+
+    def fwd(pred, target):
+        value, res = loss.fwd(pred, target)
+        return factor * value, res
+
+    def bwd(res, g):
+        return loss.bwd(res, factor * g)
+
+    op = Op(reference, name=f"{factor:g}*{loss.name}", constant=("target",), check=check, smooth=loss.smooth)
+    op.__doc__ = scaled.__doc__
+    return op.defvjp(fwd, bwd)
+
+
+def multitask(*losses: Op) -> Op:
+    """The sum of one loss per output of a ``fanout`` model.
+
+    ``L(preds, targets) = sum_k losses[k](preds[k], targets[k])``; ``preds`` and ``targets``
+    are tuples with one entry per loss. Each term depends only on its own prediction, so
+    ``preds_bar[k] = losses[k].bwd(res[k], g)``.
+    """
+    if not losses:
+        raise ValueError("manualgrad.losses.multitask: give at least one loss")
+    name = f"multitask({', '.join(l.name for l in losses)})"
+
+    def reference(preds, targets):
+        return sum(l.reference(p, t) for l, p, t in zip(losses, preds, targets))
+
+    def check(preds, targets):
+        for what, v in (("preds", preds), ("targets", targets)):
+            if not isinstance(v, tuple) or len(v) != len(losses):
+                fail(name, f"{what} must be a tuple with one entry per loss ({len(losses)}), got {type(v).__name__}")
+        for l, p, t in zip(losses, preds, targets):
+            l.bind((p, t), {})
+
+    def fwd(preds, targets):
+        outs = [l.fwd(p, t) for l, p, t in zip(losses, preds, targets)]
+        return sum(v for v, _ in outs), tuple(r for _, r in outs)
+
+    def bwd(res, g):
+        return tuple(l.bwd(r, g)[0] for l, r in zip(losses, res)), None
+
+    op = Op(
+        reference,
+        name=name,
+        constant=("targets",),
+        check=check,
+        smooth=all(l.smooth for l in losses),
+    )
+    op.__doc__ = multitask.__doc__
+    return op.defvjp(fwd, bwd)
+
+
+def _multitask_examples(rng: np.random.Generator) -> list[Example]:
+    logits = rng.normal(size=(4, 3))
+    labels = rng.integers(0, 3, size=(4,))
+    return [Example(((rng.normal(size=(4, 2)), logits), (rng.normal(size=(4, 2)), labels)))]
+
+
+register(scaled(mse, 0.5), _regression_examples)
+register(multitask(sse, softmax_cross_entropy), _multitask_examples)

@@ -1,0 +1,37 @@
+"""manualgrad's ops: each a plain reference forward plus a hand-written VJP.
+
+Every name here is a :class:`manualgrad.core.Op`: call it like the function it
+computes; ``op.reference`` is the plain ``jax.numpy`` version; ``op.fwd`` and
+``op.bwd`` are the hand-written forward-with-residuals and backward.
+"""
+
+from manualgrad.ops.activations import (
+    gelu,
+    identity,
+    leaky_relu,
+    relu,
+    scaled_relu,
+    sigmoid,
+    softplus,
+    square,
+    tanh,
+)
+from manualgrad.ops.linear import linear
+from manualgrad.ops.reshape import flatten
+from manualgrad.ops.softmax import log_softmax, softmax
+
+__all__ = [
+    "linear",
+    "identity",
+    "relu",
+    "leaky_relu",
+    "scaled_relu",
+    "sigmoid",
+    "tanh",
+    "softplus",
+    "gelu",
+    "square",
+    "softmax",
+    "log_softmax",
+    "flatten",
+]

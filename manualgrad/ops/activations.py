@@ -1,0 +1,263 @@
+"""Elementwise activations, each a reference, a forward with residuals and a backward.
+
+For an elementwise ``y = f(x)`` the Jacobian is diagonal, so the VJP is the
+elementwise product ``x_bar = g * f'(x)``; each op below only has to say what
+``f'`` is and which residual it needs to evaluate it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import erf
+
+from manualgrad.core import Example, defop
+
+_SHAPES = [(), (5,), (3, 4), (2, 3, 4)]
+
+
+def _elementwise_examples(
+    kinks: bool = False, **params: float
+) -> Callable[[np.random.Generator], list[Example]]:
+    """Examples on several shapes. ``kinks=True`` (piecewise ops) keeps values away from
+    0, where the derivative jumps, and adds one array that holds exact zeros."""
+
+    def examples(rng: np.random.Generator) -> list[Example]:
+        out = []
+        for shape in _SHAPES:
+            x = rng.normal(size=shape) * 2
+            if kinks:
+                x = np.where(np.abs(x) < 0.05, 0.5, x)
+            out.append(Example((x,), dict(params)))
+        if kinks:
+            out.append(Example((np.array([-1.5, 0.0, 0.0, 2.0]),), dict(params)))
+        return out
+
+    return examples
+
+
+# -- identity ------------------------------------------------------------------
+@defop(examples=_elementwise_examples())
+def identity(x: jax.Array) -> jax.Array:
+    """``y = x``. ``dy/dx = 1``, so ``x_bar = g``. No residuals."""
+    return x
+
+
+def identity_fwd(x: jax.Array) -> tuple[jax.Array, tuple]:
+    return x, ()
+
+
+def identity_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array]:
+    return (g,)
+
+
+identity.defvjp(identity_fwd, identity_bwd)
+
+
+# -- relu ----------------------------------------------------------------------
+@defop(examples=_elementwise_examples(kinks=True), smooth=False)
+def relu(x: jax.Array) -> jax.Array:
+    """``y = max(x, 0)``.
+
+    ``dy/dx = 1`` where ``x > 0`` and ``0`` elsewhere, including at ``x = 0`` (the
+    PyTorch and ``jax.nn.relu`` convention), so ``x_bar = g * [x > 0]``.
+    Residual: the boolean mask ``x > 0`` (one byte per element, no float copy).
+    """
+    return jnp.where(x > 0, x, 0.0)
+
+
+def relu_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    mask = x > 0
+    return jnp.where(mask, x, 0.0), mask
+
+
+def relu_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (jnp.where(res, g, 0.0),)
+
+
+relu.defvjp(relu_fwd, relu_bwd)
+
+
+# -- leaky_relu ----------------------------------------------------------------
+@defop(static=("negative_slope",), examples=_elementwise_examples(kinks=True, negative_slope=0.1), smooth=False)
+def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
+    """``y = x`` where ``x > 0``, else ``negative_slope * x``.
+
+    ``dy/dx = 1`` where ``x > 0`` and ``negative_slope`` elsewhere (also at 0, as in
+    PyTorch), so ``x_bar = where(x > 0, g, negative_slope * g)``. Residual: the mask.
+    """
+    return jnp.where(x > 0, x, negative_slope * x)
+
+
+def leaky_relu_fwd(x: jax.Array, negative_slope: float = 0.01) -> tuple[jax.Array, jax.Array]:
+    mask = x > 0
+    return jnp.where(mask, x, negative_slope * x), mask
+
+
+def leaky_relu_bwd(res: jax.Array, g: jax.Array, negative_slope: float = 0.01) -> tuple[jax.Array]:
+    return (jnp.where(res, g, negative_slope * g),)
+
+
+leaky_relu.defvjp(leaky_relu_fwd, leaky_relu_bwd)
+
+
+# -- scaled_relu ---------------------------------------------------------------
+@defop(static=("scale",), examples=_elementwise_examples(kinks=True, scale=3.0), smooth=False)
+def scaled_relu(x: jax.Array, scale: float) -> jax.Array:
+    """``y = scale * max(x, 0)``; seed 003's "3ReLU" is ``scale=3``.
+
+    ``dy/dx = scale`` where ``x > 0`` and ``0`` elsewhere: the Jacobian is the diagonal
+    matrix with ``scale`` where the input is positive. ``x_bar = where(x > 0, scale * g, 0)``.
+    Residual: the mask.
+    """
+    return scale * jnp.where(x > 0, x, 0.0)
+
+
+def scaled_relu_fwd(x: jax.Array, scale: float) -> tuple[jax.Array, jax.Array]:
+    mask = x > 0
+    return jnp.where(mask, scale * x, 0.0), mask
+
+
+def scaled_relu_bwd(res: jax.Array, g: jax.Array, scale: float) -> tuple[jax.Array]:
+    return (jnp.where(res, scale * g, 0.0),)
+
+
+scaled_relu.defvjp(scaled_relu_fwd, scaled_relu_bwd)
+
+
+# -- sigmoid -------------------------------------------------------------------
+@defop(examples=_elementwise_examples())
+def sigmoid(x: jax.Array) -> jax.Array:
+    """``y = 1 / (1 + exp(-x))``, written here as ``(1 + tanh(x / 2)) / 2``, which is the
+    same function without overflow for large ``|x|``.
+
+    ``dy/dx = exp(-x) / (1 + exp(-x))**2 = y (1 - y)``, so ``x_bar = g * y * (1 - y)``.
+    Residual: the output ``y`` alone.
+    """
+    return 0.5 * (jnp.tanh(0.5 * x) + 1.0)
+
+
+def sigmoid_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    y = jax.nn.sigmoid(x)
+    return y, y
+
+
+def sigmoid_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    y = res
+    return (g * y * (1.0 - y),)
+
+
+sigmoid.defvjp(sigmoid_fwd, sigmoid_bwd)
+
+
+# -- tanh ----------------------------------------------------------------------
+@defop(examples=_elementwise_examples())
+def tanh(x: jax.Array) -> jax.Array:
+    """``y = tanh(x)``. ``dy/dx = 1 - tanh(x)**2 = 1 - y**2``, so ``x_bar = g * (1 - y**2)``.
+    Residual: the output ``y``."""
+    return jnp.tanh(x)
+
+
+def tanh_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    y = jnp.tanh(x)
+    return y, y
+
+
+def tanh_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    y = res
+    return (g * (1.0 - y * y),)
+
+
+tanh.defvjp(tanh_fwd, tanh_bwd)
+
+
+# -- softplus ------------------------------------------------------------------
+@defop(examples=_elementwise_examples())
+def softplus(x: jax.Array) -> jax.Array:
+    """``y = log(1 + exp(x))``, computed as ``logaddexp(x, 0)`` so large ``x`` does not overflow.
+
+    ``dy/dx = exp(x) / (1 + exp(x)) = sigmoid(x)``, so ``x_bar = g * sigmoid(x)``.
+    Residual: ``x``.
+    """
+    return jnp.logaddexp(x, 0.0)
+
+
+def softplus_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.logaddexp(x, 0.0), x
+
+
+def softplus_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (g * jax.nn.sigmoid(res),)
+
+
+softplus.defvjp(softplus_fwd, softplus_bwd)
+
+
+# -- gelu ----------------------------------------------------------------------
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_examples(rng: np.random.Generator) -> list[Example]:
+    return _elementwise_examples()(rng) + _elementwise_examples(approximate=True)(rng)
+
+
+@defop(static=("approximate",), examples=_gelu_examples)
+def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
+    """Gaussian error linear unit; the exact form by default (PyTorch's default).
+
+    Exact: ``y = x * Phi(x)`` with ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``, the standard
+    normal CDF, whose derivative is the density ``phi(x) = exp(-x**2 / 2) / sqrt(2 pi)``.
+    Product rule: ``dy/dx = Phi(x) + x * phi(x)``.
+
+    ``approximate=True`` (PyTorch's ``approximate="tanh"``):
+    ``y = x (1 + tanh u) / 2`` with ``u = sqrt(2/pi) (x + 0.044715 x**3)``, so
+    ``dy/dx = (1 + tanh u) / 2 + x (1 - tanh(u)**2) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x**2)``.
+
+    ``x_bar = g * dy/dx``. Residual: ``x``.
+    """
+    if approximate:
+        u = _SQRT_2_OVER_PI * (x + 0.044715 * x**3)
+        return 0.5 * x * (1.0 + jnp.tanh(u))
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def gelu_fwd(x: jax.Array, approximate: bool = False) -> tuple[jax.Array, jax.Array]:
+    return gelu.reference(x, approximate), x
+
+
+def gelu_bwd(res: jax.Array, g: jax.Array, approximate: bool = False) -> tuple[jax.Array]:
+    x = res
+    if approximate:
+        t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
+        du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
+        return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du),)
+    cdf = 0.5 * (1.0 + erf(x / math.sqrt(2.0)))
+    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
+    return (g * (cdf + x * pdf),)
+
+
+gelu.defvjp(gelu_fwd, gelu_bwd)
+
+
+# -- square --------------------------------------------------------------------
+@defop(examples=_elementwise_examples())
+def square(x: jax.Array) -> jax.Array:
+    """``y = x**2`` (seed 004's ``f(Y) = Y**2``). ``dy/dx = 2x``, so ``x_bar = 2 x g``.
+    Residual: ``x``."""
+    return x * x
+
+
+def square_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return x * x, x
+
+
+def square_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (2.0 * res * g,)
+
+
+square.defvjp(square_fwd, square_bwd)

@@ -1,0 +1,79 @@
+"""The affine map ``y = x @ w + b`` and its hand-written VJP."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from manualgrad.core import Example, defop, describe, fail
+
+
+def _check_linear(x: jax.Array, w: jax.Array, b: jax.Array) -> None:
+    where = "manualgrad.ops.linear"
+    if jnp.ndim(x) < 1:
+        fail(where, f"{describe('x', x)}: x needs a feature axis, shape (..., d_in)")
+    if jnp.ndim(w) != 2:
+        fail(where, f"{describe('w', w)}: w must be a matrix of shape (d_in, d_out)")
+    if jnp.ndim(b) != 1:
+        fail(where, f"{describe('b', b)}: b must be a vector of shape (d_out,)")
+    d_in, d_out = np.shape(w)
+    if np.shape(x)[-1] != d_in:
+        fail(
+            where,
+            f"x.shape={np.shape(x)} has {np.shape(x)[-1]} input features but "
+            f"w.shape={np.shape(w)} expects d_in={d_in} (x's last axis must equal w's first)",
+        )
+    if np.shape(b)[0] != d_out:
+        fail(where, f"b.shape={np.shape(b)} does not match w.shape={np.shape(w)}: b needs d_out={d_out} entries")
+    dtypes = {jnp.result_type(a) for a in (x, w, b)}
+    if len(dtypes) != 1:
+        fail(
+            where,
+            f"x, w and b must share one dtype, got x {jnp.result_type(x)}, "
+            f"w {jnp.result_type(w)}, b {jnp.result_type(b)}",
+        )
+
+
+def _linear_examples(rng: np.random.Generator) -> list[Example]:
+    def case(x_shape: tuple, d_out: int) -> Example:
+        d_in = x_shape[-1]
+        return Example((rng.normal(size=x_shape), rng.normal(size=(d_in, d_out)), rng.normal(size=d_out)))
+
+    return [case((4, 3), 5), case((3,), 2), case((2, 3, 4), 3), case((1, 1), 1)]
+
+
+@defop(check=_check_linear, examples=_linear_examples)
+def linear(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    r"""Affine map ``y = x @ w + b``; ``x`` (..., d_in), ``w`` (d_in, d_out), ``b`` (d_out,).
+
+    Derivation. Write every leading axis of ``x`` as one batch index ``n``:
+    ``y[n, j] = sum_i x[n, i] w[i, j] + b[j]``. With upstream cotangent ``g = dL/dy``,
+
+    * ``dL/dx[n, i] = sum_j g[n, j] w[i, j]``          so  ``x_bar = g @ w.T``
+    * ``dL/dw[i, j] = sum_n x[n, i] g[n, j]``          so  ``w_bar = x.T @ g``, summed over
+      every leading axis (the batch and any others), because ``w`` is shared by all rows
+    * ``dL/db[j]    = sum_n g[n, j]``                   so  ``b_bar = g`` summed over leading axes,
+      the transpose of broadcasting ``b`` to every row.
+
+    Residuals: ``x`` and ``w`` (``b`` is not needed). The backward issues the two GEMMs
+    as ``dot_general`` contractions, so no transposed copy of ``x``, ``w`` or ``g`` is made.
+    """
+    return x @ w + b
+
+
+def linear_fwd(x: jax.Array, w: jax.Array, b: jax.Array) -> tuple[jax.Array, tuple]:
+    return x @ w + b, (x, w)
+
+
+def linear_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    x, w = res
+    lead = tuple(range(g.ndim - 1))
+    x_bar = lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))
+    w_bar = lax.dot_general(x, g, ((lead, lead), ((), ())))
+    b_bar = jnp.sum(g, axis=lead)
+    return x_bar, w_bar, b_bar
+
+
+linear.defvjp(linear_fwd, linear_bwd)

@@ -1,0 +1,83 @@
+"""Softmax and log-softmax along one axis, numerically stable, with hand-written VJPs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from manualgrad.core import Example, defop, describe, fail
+
+
+def _check_axis(where: str):
+    def check(x: jax.Array, axis: int = -1) -> None:
+        if not -jnp.ndim(x) <= axis < jnp.ndim(x):
+            fail(where, f"axis={axis} is out of range for {describe('x', x)}")
+
+    return check
+
+
+def _softmax_examples(rng: np.random.Generator) -> list[Example]:
+    return [
+        Example((rng.normal(size=(4, 5)) * 3,), {"axis": -1}),
+        Example((rng.normal(size=(6,)),), {"axis": -1}),
+        Example((rng.normal(size=(2, 3, 4)),), {"axis": 1}),
+        Example((rng.normal(size=(3, 2)) + 50.0,), {"axis": 0}),
+    ]
+
+
+def _shifted(x: jax.Array, axis: int) -> jax.Array:
+    """``x - max(x)`` along ``axis``: the same softmax, with every exponent <= 0."""
+    return x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+
+
+@defop(static=("axis",), check=_check_axis("manualgrad.ops.softmax"), examples=_softmax_examples)
+def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
+    """``y_i = exp(x_i) / sum_k exp(x_k)`` along ``axis``, computed on ``x - max(x)``.
+
+    Jacobian: ``dy_i/dx_j = y_i (delta_ij - y_j)``. Its transpose applied to ``g``:
+    ``x_bar_j = sum_i g_i y_i (delta_ij - y_j) = y_j (g_j - sum_i g_i y_i)``, i.e.
+    ``x_bar = y * (g - sum(g * y, axis))``, with no Jacobian materialised.
+    Residual: the output ``y``.
+    """
+    e = jnp.exp(_shifted(x, axis))
+    return e / jnp.sum(e, axis=axis, keepdims=True)
+
+
+def softmax_fwd(x: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
+    y = softmax.reference(x, axis)
+    return y, y
+
+
+def softmax_bwd(res: jax.Array, g: jax.Array, axis: int = -1) -> tuple[jax.Array]:
+    y = res
+    return (y * (g - jnp.sum(g * y, axis=axis, keepdims=True)),)
+
+
+softmax.defvjp(softmax_fwd, softmax_bwd)
+
+
+@defop(static=("axis",), check=_check_axis("manualgrad.ops.log_softmax"), examples=_softmax_examples)
+def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
+    """``y_i = x_i - log sum_k exp(x_k)`` along ``axis``, computed on ``x - max(x)``.
+
+    ``dy_i/dx_j = delta_ij - softmax(x)_j``, so
+    ``x_bar_j = g_j - softmax(x)_j sum_i g_i``, i.e. ``x_bar = g - exp(y) * sum(g, axis)``:
+    the softmax is recovered from the output as ``exp(y)``. Residual: the output ``y``.
+    """
+    s = _shifted(x, axis)
+    return s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
+
+
+def log_softmax_fwd(x: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
+    y = log_softmax.reference(x, axis)
+    return y, y
+
+
+def log_softmax_bwd(res: jax.Array, g: jax.Array, axis: int = -1) -> tuple[jax.Array]:
+    y = res
+    return (g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True),)
+
+
+log_softmax.defvjp(log_softmax_fwd, log_softmax_bwd)
