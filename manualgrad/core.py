@@ -198,7 +198,7 @@ class Op:
 
     def _require_complete(self) -> None:
         if not self.complete:
-            raise NotImplementedError(f"{self.name}: no VJP defined; call {self.name}.defvjp(fwd, bwd)")
+            raise NotImplementedError(f"{self.name}: no VJP defined; call {self.__name__}.defvjp(fwd, bwd)")
 
     # -- the three entry points ----------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,148 @@
+"""The op mechanism: defop/defvjp, registration, static and constant arguments, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import manualgrad as mg
+from manualgrad import ops
+from manualgrad.check import check_op, check_vjp
+from manualgrad.core import Example, REGISTRY, defop
+
+
+def _cube_examples(rng):
+    return [Example((rng.normal(size=(3, 2)),))]
+
+
+def make_cube(bwd_factor=3.0):
+    """A user-defined op, exactly as the README shows it (with a switch to break its rule)."""
+
+    @defop(name="test.cube")
+    def cube(x):
+        """``y = x**3``; ``dy/dx = 3 x**2`` so ``x_bar = 3 x**2 g``. Residual: ``x``."""
+        return x**3
+
+    def cube_fwd(x):
+        return x**3, x
+
+    def cube_bwd(res, g):
+        return (bwd_factor * res**2 * g,)
+
+    cube.defvjp(cube_fwd, cube_bwd)
+    return cube
+
+
+def test_user_op_passes_every_check():
+    cube = make_cube()
+    reports = check_op(cube, _cube_examples)
+    assert reports and all(r.passed for r in reports)
+    modes = {r.mode for r in reports}
+    assert {"vjp", "vjp+jit", "vjp+jit+vmap", "fd", "hvp"} <= modes
+
+
+def test_a_wrong_backward_is_caught():
+    wrong = make_cube(bwd_factor=2.0)
+    x = jnp.array([[1.0, -2.0]])
+    report = check_vjp(wrong, x)
+    assert not report.passed
+    assert "x_bar#0" in str(report) and "FAILED" in str(report)
+    with pytest.raises(AssertionError, match="FAILED"):
+        report.assert_ok()
+    assert not check_vjp(wrong, x, method="fd").passed
+
+
+def test_registering_adds_to_the_registry():
+    cube = make_cube()
+    mg.register(cube, _cube_examples)
+    try:
+        assert REGISTRY["test.cube"].op is cube
+        with pytest.raises(ValueError, match="already registered"):
+            mg.register(make_cube(), _cube_examples)
+    finally:
+        del REGISTRY["test.cube"]
+
+
+def test_an_op_without_vjp_says_so():
+    @defop(name="test.half")
+    def half(x):
+        return x / 2
+
+    with pytest.raises(NotImplementedError, match=r"test.half: no VJP defined; call half.defvjp"):
+        half(jnp.ones(2))
+    with mg.reference_mode():
+        np.testing.assert_allclose(half(jnp.ones(2)), 0.5)
+
+
+def test_reference_mode_switches_every_op_and_works_inside_jit():
+    x = jnp.array([0.5, -1.0])
+    calls = []
+    orig = ops.tanh._bwd
+
+    def spy(res, g):
+        calls.append(1)
+        return orig(res, g)
+
+    ops.tanh._bwd = spy
+    try:
+        jax.grad(lambda x: jnp.sum(ops.tanh(x)))(x)
+        assert calls == [1]
+
+        @jax.jit
+        def grad_ref(x):
+            with mg.reference_mode():
+                return jax.grad(lambda x: jnp.sum(ops.tanh(x)))(x)
+
+        grad_ref(x)
+        assert calls == [1]
+    finally:
+        ops.tanh._bwd = orig
+
+
+def test_forward_mode_is_unavailable_and_says_so():
+    """custom_vjp functions have no JVP: this is the error users see, and the way out."""
+    x, v = jnp.array([0.5, -1.0]), jnp.array([1.0, 0.0])
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff \\(jvp\\) to a custom_vjp function"):
+        jax.jvp(ops.tanh, (x,), (v,))
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jacfwd(ops.sigmoid)(x)
+    with mg.reference_mode():
+        _, tangent = jax.jvp(ops.tanh, (x,), (v,))
+    np.testing.assert_allclose(tangent, (1 - jnp.tanh(x) ** 2) * v)
+
+
+def test_static_params_must_be_python_values():
+    x = jnp.ones(3)
+    with pytest.raises(ValueError, match="leaky_relu: negative_slope is a static parameter"):
+        ops.leaky_relu(x, negative_slope=jnp.array(0.1))
+    with pytest.raises(ValueError, match="softmax: axis is a static parameter and must be a hashable"):
+        ops.softmax(x, axis=[0])
+    np.testing.assert_allclose(ops.leaky_relu(-x, 0.2), -0.2)  # positional static params work
+
+
+def test_differentiated_arguments_must_be_floating():
+    with pytest.raises(ValueError, match=r"ops.relu: x.shape=\(3,\) int.*must be floating point"):
+        ops.relu(jnp.arange(3))
+    with pytest.raises(ValueError, match=r"ops.linear: x.shape=\(2, 3\) uint8"):
+        ops.linear(jnp.zeros((2, 3), jnp.uint8), jnp.zeros((3, 1)), jnp.zeros(1))
+
+
+def test_wrong_arguments_name_the_op():
+    with pytest.raises(TypeError, match="manualgrad.ops.linear: missing a required argument: 'b'"):
+        ops.linear(jnp.ones((2, 3)), jnp.ones((3, 1)))
+    with pytest.raises(ValueError, match="axis=2 is out of range"):
+        ops.softmax(jnp.ones((2, 3)), axis=2)
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_linear_shape_errors(use_jit):
+    f = jax.jit(ops.linear) if use_jit else ops.linear
+    x, w, b = jnp.ones((4, 5)), jnp.ones((3, 2)), jnp.ones(2)
+    with pytest.raises(ValueError, match=r"ops.linear: x.shape=\(4, 5\) has 5 input features but w.shape=\(3, 2\) expects d_in=3"):
+        f(x, w, b)
+    with pytest.raises(ValueError, match=r"ops.linear: b.shape=\(3,\) does not match w.shape=\(5, 2\)"):
+        f(x, jnp.ones((5, 2)), jnp.ones(3))
+    with pytest.raises(ValueError, match=r"ops.linear: w.shape=\(5,\) float.*: w must be a matrix"):
+        f(x, jnp.ones(5), jnp.ones(3))
+    with pytest.raises(ValueError, match=r"ops.linear: x, w and b must share one dtype, got x float32"):
+        f(x.astype(jnp.float32), jnp.ones((5, 2)), jnp.ones(2))
