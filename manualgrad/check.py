@@ -322,6 +322,11 @@ def check_op(
         if op.name not in REGISTRY:
             raise ValueError(f"manualgrad.check.check_op: {op.name} is not registered; pass examples=")
         examples = REGISTRY[op.name].examples
+    with jax.enable_x64(True):
+        return _check_examples(op, examples, dtypes, seed)
+
+
+def _check_examples(op: Op, examples: Callable, dtypes: Sequence[Any], seed: int) -> list[Report]:
     reports = []
     batches = [examples(np.random.default_rng(seed + k)) for k in range(3)]
     for dtype in dtypes:

@@ -238,7 +238,7 @@ class Op:
 
 def _qualified_name(fn: Callable) -> str:
     """``manualgrad.ops.relu`` for the library's ops (their public home), else the bare name."""
-    parts = fn.__module__.split(".")
+    parts = (fn.__module__ or "").split(".")
     if parts[0] == "manualgrad":
         return ".".join(parts[:2] + [fn.__name__])
     return fn.__name__
