@@ -342,3 +342,30 @@ def _check_examples(op: Op, examples: Callable, dtypes: Sequence[Any], seed: int
                     reports.append(check_vjp(op, *args, method="fd", seed=seed + n, **ex.params))
                 reports.append(check_hvp(op, *args, seed=seed + n, **ex.params))
     return reports
+
+
+def main() -> int:
+    """``python -m manualgrad.check``: every registered op, every check; the largest errors."""
+    import manualgrad.losses  # noqa: F401  (registers the losses)
+    import manualgrad.ops  # noqa: F401
+
+    worst: dict[tuple[str, str], tuple[float, float, str]] = {}
+    failed = []
+    for name in sorted(REGISTRY):
+        reports = check_op(REGISTRY[name].op)
+        failed += [r for r in reports if not r.passed]
+        for r in reports:
+            key = (r.dtype, r.mode)
+            if r.max_rel >= worst.get(key, (0.0, 0.0, ""))[1]:
+                worst[key] = (r.max_abs, r.max_rel, name)
+        print(f"{name:<60} {len(reports):3d} checks  {'ok' if all(r.passed for r in reports) else 'FAILED'}")
+    print(f"\non {jax.devices()[0].platform}: largest errors per dtype and mode")
+    for (dtype, mode), (abs_err, rel_err, name) in sorted(worst.items()):
+        print(f"  {dtype:<8} {mode:<14} max_abs={abs_err:.2e}  max_rel={rel_err:.2e}  ({name})")
+    for r in failed:
+        print(r)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
