@@ -184,8 +184,6 @@ class Op:
                 hash(v)
             except TypeError:
                 fail(self.name, f"{n} is a static parameter and must be a hashable Python value, got {type(v).__name__}")
-            if isinstance(v, jax.Array):
-                fail(self.name, f"{n} is a static parameter and must be a Python value, not an array")
         for n, v in zip(self.arg_names, arrays):
             if n in self.constant:
                 continue

@@ -8,8 +8,8 @@ Shapes are checked at trace time and never broadcast: a ``(4, 1)`` prediction
 against a ``(4, 2)`` target is a ``ValueError``, not a silently wrong mean.
 Values are not checked under ``jit`` (they are unknown while tracing):
 
-* non-finite predictions or targets give a non-finite loss and gradient;
-  the training loop in :mod:`manualgrad.train` stops on them.
+* non-finite predictions or targets give a non-finite loss and gradient
+  (nothing is clipped), so a training loop can detect them.
 * out-of-range class ids (``< 0`` or ``>= C``) in :func:`softmax_cross_entropy`
   make that example's loss and gradient ``NaN`` (never a quietly wrong number);
   called outside ``jit`` with concrete labels, it raises ``ValueError`` instead.
