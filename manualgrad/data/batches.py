@@ -1,0 +1,51 @@
+"""A Python batch iterator, for users who want to write their own training loop.
+
+Like seed 002's DataLoader (and PyTorch's): each pass over it is one epoch, reshuffled.
+The scanned epoch of :mod:`manualgrad.train` is faster; this is the plain-Python way.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+__all__ = ["Batches"]
+
+
+class Batches:
+    """Mini-batches ``(x[idx], y[idx])`` of NumPy arrays; every ``iter()`` is a new epoch.
+
+    With ``shuffle=True`` each epoch uses a fresh permutation from a NumPy generator
+    seeded by ``seed`` (the k-th epoch's order is the same in every run). The last batch
+    is smaller when ``len(x) % batch_size`` is not 0, unless ``drop_last=True``.
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"manualgrad.data.Batches: x has {len(x)} examples but y has {len(y)}")
+        if batch_size < 1:
+            raise ValueError(f"manualgrad.data.Batches: batch_size must be >= 1, got {batch_size}")
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        n, b = len(self.x), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        n = len(self.x)
+        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.x[idx], self.y[idx]

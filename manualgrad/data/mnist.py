@@ -1,0 +1,158 @@
+"""MNIST through TFDS, TensorFlow-free: the catalog's ``mnist`` online, the IDX files offline.
+
+Offline (a data folder is named), :class:`MnistIdx` reads the four IDX files of
+``<data_dir>/mnist/`` (gzip-compressed or not). Online, the catalog's ``mnist`` is used
+when it can be read without TensorFlow (already prepared as array_record); preparing it
+needs TensorFlow (its images are PNG-encoded), so otherwise :class:`MnistIdx` downloads
+the same four files from the catalog's own URL through TFDS's download manager. Either
+way the features are ``image``: uint8 (28, 28, 1) and ``label``: int64 in 0..9, with the
+canonical 60000/10000 split.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+import urllib.parse
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from manualgrad.data.source import (
+    Dataset,
+    MissingDataError,
+    cache_root,
+    fingerprint,
+    find_files,
+    prepare,
+    read_split,
+    resolve_data_dir,
+)
+
+__all__ = ["MnistIdx", "read_idx", "load_mnist", "FILES", "URL"]
+
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"  # the TFDS catalog's MNIST source
+
+HOW = (
+    "Put the four MNIST IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz; compressed or not) in <data_dir>/mnist/ "
+    "and pass --data-dir <data_dir> (or set $MANUALGRAD_DATA_DIR), or leave both unset to download "
+    "MNIST through TFDS."
+)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) of uint8 data into an array of its shape.
+
+    Header: two zero bytes, the type code 0x08 (uint8), the number of dimensions, then one
+    big-endian uint32 size per dimension; the data follow.
+    """
+    path = pathlib.Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"manualgrad.data.read_idx: cannot read {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"manualgrad.data.read_idx: {path} is not an IDX file of uint8 (header {raw[:4]!r})")
+    ndim = raw[3]
+    shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(shape)):
+        raise ValueError(
+            f"manualgrad.data.read_idx: {path} holds {len(raw) - offset} data bytes, its header says shape {shape}"
+        )
+    return np.frombuffer(raw, np.uint8, offset=offset).reshape(shape)
+
+
+class MnistIdx(tfds.core.GeneratorBasedBuilder):
+    """MNIST from its four IDX files: those in ``source_dir``, or the catalog's download when it is ``None``."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def __init__(self, *, source_dir: pathlib.Path | None = None, **kwargs):
+        self.source_dir = source_dir
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="MNIST handwritten digits from the original IDX files.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                }
+            ),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):
+        if self.source_dir is None:
+            names = [n + ".gz" for pair in FILES.values() for n in pair]
+            urls = {n: urllib.parse.urljoin(URL, n) for n in names}
+            paths = dl_manager.download(urls)
+            files = {split: [paths[n + ".gz"] for n in pair] for split, pair in FILES.items()}
+        else:
+            files = {
+                split: find_files("manualgrad.data.load_mnist", self.source_dir, pair, HOW)
+                for split, pair in FILES.items()
+            }
+        return {split: self._generate_examples(*paths) for split, paths in files.items()}
+
+    def _generate_examples(self, images_path, labels_path):
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+            raise ValueError(
+                f"manualgrad.data.load_mnist: {images_path} has shape {images.shape} and "
+                f"{labels_path} has shape {labels.shape}; expected (n, 28, 28) and (n,)"
+            )
+        if labels.size and labels.max() > 9:
+            raise ValueError(f"manualgrad.data.load_mnist: {labels_path} has label {labels.max()} > 9")
+        for i, (image, label) in enumerate(zip(images, labels)):
+            yield i, {"image": image[..., None], "label": int(label)}
+
+
+def _catalog_mnist(tfds_dir: pathlib.Path) -> dict | None:
+    """The catalog's ``mnist`` as data sources, if it can be had without TensorFlow; else ``None``."""
+    try:
+        return tfds.data_source("mnist", data_dir=tfds_dir, builder_kwargs={"file_format": "array_record"})
+    except ImportError:  # preparing the catalog's mnist PNG-encodes its images with TensorFlow
+        return None
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None) -> Dataset:
+    """MNIST as arrays: images uint8 (n, 28, 28, 1), labels int32 (n,); 60000 train, 10000 test.
+
+    ``data_dir`` (else ``$MANUALGRAD_DATA_DIR``) holds ``mnist/`` with the four IDX files;
+    with neither, MNIST comes from the TFDS catalog online (see the module docstring).
+    """
+    root = resolve_data_dir(data_dir)
+    cache = cache_root(cache_dir)
+    if root is not None:
+        folder = root / "mnist"
+        files = find_files("manualgrad.data.load_mnist", folder, [n for p in FILES.values() for n in p], HOW)
+        builder = MnistIdx(source_dir=folder, data_dir=cache / "mnist" / fingerprint(files), file_format="array_record")
+        sources, where = prepare(builder), str(folder)
+    else:
+        sources = _catalog_mnist(cache / "tfds")
+        where = "tfds catalog: mnist"
+        if sources is None:
+            builder = MnistIdx(source_dir=None, data_dir=cache / "mnist" / "online", file_format="array_record")
+            sources, where = prepare(builder), URL
+    arrays = {split: read_split(sources[split], ("image", "label")) for split in ("train", "test")}
+    (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
+    return Dataset(
+        "mnist",
+        x_train,
+        y_train.astype(np.int32),
+        x_test,
+        y_test.astype(np.int32),
+        {"source": where, "num_classes": 10},
+    )

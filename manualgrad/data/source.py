@@ -1,0 +1,102 @@
+"""Where the data come from: the data folder, the prepared-dataset cache, TFDS preparation.
+
+A dataset is read from the folder the user names (``--data-dir``), else from
+``$MANUALGRAD_DATA_DIR``, else from its online source. With a local folder nothing touches
+the network. The raw files are turned into a TFDS dataset of array_record files (no
+TensorFlow involved: features are plain ``tfds.features.Tensor`` and the files are read
+back through ``as_data_source``), cached under ``$MANUALGRAD_CACHE_DIR`` (default
+``~/.cache/manualgrad``) in a folder named after the source files' names, sizes and
+modification times, so changed files are prepared afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+__all__ = ["Dataset", "MissingDataError", "resolve_data_dir", "cache_root", "prepare", "read_split"]
+
+DATA_DIR_ENV = "MANUALGRAD_DATA_DIR"
+CACHE_DIR_ENV = "MANUALGRAD_CACHE_DIR"
+
+
+class MissingDataError(FileNotFoundError):
+    """The dataset's files are not where they were looked for."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset in memory: NumPy arrays of the train and test splits, and how they were made."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, train: x{self.x_train.shape} y{self.y_train.shape}, "
+            f"test: x{self.x_test.shape} y{self.y_test.shape}, source={self.info.get('source')!r})"
+        )
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
+    """``data_dir`` if given, else ``$MANUALGRAD_DATA_DIR`` if set, else ``None`` (the online source)."""
+    chosen = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
+    return pathlib.Path(chosen).expanduser().resolve() if chosen is not None else None
+
+
+def find_files(where: str, folder: pathlib.Path, names: Sequence[str], how: str) -> list[pathlib.Path]:
+    """The files ``names`` in ``folder`` (each may also be gzip-compressed as ``name.gz``).
+
+    Raises :class:`MissingDataError` listing every path looked for and how to provide them.
+    """
+    found, missing = [], []
+    for name in names:
+        candidates = [folder / name, folder / f"{name}.gz"] if not name.endswith(".gz") else [folder / name]
+        hit = next((c for c in candidates if c.is_file()), None)
+        if hit is None:
+            missing.extend(str(c) for c in candidates)
+        found.append(hit)
+    if missing:
+        raise MissingDataError(
+            f"{where}: data files not found. Looked for:\n  " + "\n  ".join(missing) + f"\n{how}"
+        )
+    return found
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """Where prepared datasets live: ``cache_dir``, else ``$MANUALGRAD_CACHE_DIR``, else ``~/.cache/manualgrad``."""
+    chosen = cache_dir or os.environ.get(CACHE_DIR_ENV) or pathlib.Path.home() / ".cache" / "manualgrad"
+    return pathlib.Path(chosen).expanduser()
+
+
+def fingerprint(files: Sequence[pathlib.Path]) -> str:
+    """A short name for a set of source files: their paths, sizes and modification times."""
+    h = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def prepare(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
+    """Write the builder's array_record files (once) and return its splits as data sources."""
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(verify_ssl=True),
+    )
+    return builder.as_data_source()
+
+
+def read_split(source: Sequence[dict[str, np.ndarray]], keys: Sequence[str]) -> tuple[np.ndarray, ...]:
+    """Read a whole split of a data source into one stacked NumPy array per feature key."""
+    records = source.__getitems__(range(len(source)))
+    return tuple(np.stack([r[k] for r in records]) for k in keys)
