@@ -57,7 +57,9 @@ class NonFiniteError(FloatingPointError):
     """A loss or gradient became NaN or infinite during training."""
 
 
-def sgd_with_clipping(learning_rate: float, max_norm: float, momentum: float = 0.0) -> optax.GradientTransformation:
+def sgd_with_clipping(
+    learning_rate: optax.ScalarOrSchedule, max_norm: float, momentum: float = 0.0
+) -> optax.GradientTransformation:
     """SGD on the gradient clipped to global norm ``max_norm``.
 
     ``optax.chain(optax.clip_by_global_norm(max_norm), optax.sgd(learning_rate, momentum))``:
@@ -66,9 +68,11 @@ def sgd_with_clipping(learning_rate: float, max_norm: float, momentum: float = 0
     ``params -= learning_rate * m`` with ``m = g + momentum * m_prev`` (``m = g`` when
     ``momentum`` is 0, which keeps no momentum buffer). With momentum 0 every update
     therefore has norm at most ``learning_rate * max_norm``. This is PyTorch's
-    ``clip_grad_norm_`` followed by ``torch.optim.SGD(lr, momentum)``.
+    ``clip_grad_norm_`` followed by ``torch.optim.SGD(lr, momentum)``. ``learning_rate``
+    may be an optax schedule (a function of the step count), e.g.
+    ``optax.cosine_decay_schedule(0.1, total_steps)``.
     """
-    if not learning_rate > 0:
+    if not callable(learning_rate) and not learning_rate > 0:
         raise ValueError(f"manualgrad.train.sgd_with_clipping: learning_rate must be > 0, got {learning_rate!r}")
     if not max_norm > 0:
         raise ValueError(f"manualgrad.train.sgd_with_clipping: max_norm must be > 0, got {max_norm!r}")

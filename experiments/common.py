@@ -1,0 +1,238 @@
+"""What the MNIST and California Housing experiments share: the task, the flags, the run.
+
+A :class:`Task` fixes a dataset, its MLP (ReLU hidden layers), its loss, its test metric and
+its default hyperparameters; :func:`main` parses the flags of DESIGN.md, trains with
+:func:`manualgrad.train.fit` (one scanned, compiled epoch at a time, a checkpoint after
+each), and writes ``metrics.json`` and ``curves.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+import optax
+
+from manualgrad import checkpoint, data, losses, nn, train
+from manualgrad.core import Op
+
+CHECKPOINT = "checkpoint.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A dataset with its model, loss, test metric and default flags."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    hidden: tuple[int, ...]
+    outputs: int
+    loss: Op
+    metric: str  # "accuracy" (higher is better) or "mse" (lower is better)
+    prepare: Callable[[data.Dataset], data.Dataset]
+    defaults: dict[str, Any]
+
+    @property
+    def architecture(self) -> str:
+        return "-".join(str(d) for d in (int(np.prod(self.input_shape)), *self.hidden, self.outputs))
+
+    def model(self) -> nn.Layer:
+        """The MLP: flatten, then Linear+ReLU per hidden size, then a Linear output layer."""
+        layers = [nn.Flatten()] if len(self.input_shape) > 1 else []
+        for width in self.hidden:
+            layers += [nn.Linear(width), nn.ReLU()]
+        return nn.serial(*layers, nn.Linear(self.outputs))
+
+    def init(self, seed: int) -> Any:
+        """Initial params from ``PRNGKey(seed)`` (the shuffling key is another split of it)."""
+        _, params = self.model().init(jax.random.split(jax.random.PRNGKey(seed))[0], (-1, *self.input_shape))
+        return params
+
+    def load(self, data_dir: str | None, limit: int | None = None) -> data.Dataset:
+        """The prepared dataset; ``limit`` keeps the first ``limit`` training examples (smoke runs)."""
+        ds = self.prepare(data.load(self.name, data_dir))
+        if limit:
+            ds = dataclasses.replace(ds, x_train=ds.x_train[:limit], y_train=ds.y_train[:limit])
+        return ds
+
+
+def shuffle_key(seed: int) -> jax.Array:
+    """The run's shuffling key (epoch ``e`` uses ``train.epoch_key(shuffle_key(seed), e)``)."""
+    return jax.random.split(jax.random.PRNGKey(seed))[1]
+
+
+def standardise_mnist(ds: data.Dataset) -> data.Dataset:
+    """Pixels to float32 in [0, 1], then standardised with MNIST's training mean and std (0.1307, 0.3081)."""
+
+    def f(x):
+        return ((x.astype(np.float32) / 255.0 - 0.1307) / 0.3081).astype(np.float32)
+
+    return dataclasses.replace(ds, x_train=f(ds.x_train), x_test=f(ds.x_test))
+
+
+MNIST = Task(
+    name="mnist",
+    input_shape=(28, 28, 1),
+    hidden=(256, 128),
+    outputs=10,
+    loss=losses.softmax_cross_entropy,
+    metric="accuracy",
+    prepare=standardise_mnist,
+    defaults={"epochs": 10, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "max_norm": 5.0},
+)
+
+CALIFORNIA_HOUSING = Task(
+    name="california_housing",
+    input_shape=(8,),
+    hidden=(64, 64),
+    outputs=1,
+    loss=losses.mse,
+    metric="mse",
+    prepare=lambda ds: ds,  # already standardised by manualgrad.data (train statistics only)
+    defaults={"epochs": 60, "batch_size": 64, "lr": 0.02, "momentum": 0.9, "max_norm": 5.0},
+)
+
+TASKS = {t.name: t for t in (MNIST, CALIFORNIA_HOUSING)}
+
+
+def parser(task: Task, description: str) -> argparse.ArgumentParser:
+    d = task.defaults
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--epochs", type=int, default=d["epochs"], help="total number of epochs (also when resuming)")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--lr", type=float, default=d["lr"], help="SGD learning rate (the peak of the cosine schedule)")
+    p.add_argument(
+        "--schedule",
+        choices=("cosine", "constant"),
+        default="cosine",
+        help="learning rate per step: cosine decay from --lr to 0 over all --epochs, or constant",
+    )
+    p.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum (0 for plain SGD)")
+    p.add_argument("--max-norm", type=float, default=d["max_norm"], help="clip the gradient to this global L2 norm")
+    p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling")
+    p.add_argument("--grad", choices=train.GRADS, default="manual", help="where the gradient comes from")
+    p.add_argument(
+        "--data-dir",
+        default=os.environ.get(data.source.DATA_DIR_ENV),
+        help=f"folder holding {task.name}/ (default: $MANUALGRAD_DATA_DIR, else the online source)",
+    )
+    p.add_argument("--out", default=f"runs/{task.name}", help="where metrics.json, curves.png and the checkpoint go")
+    p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training examples (smoke runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("lr", "max_norm"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if not 0 <= args.momentum < 1:
+        p.error(f"--momentum must be in [0, 1), got {args.momentum}")
+
+
+def plot_curves(path: pathlib.Path, task: Task, epochs: list[dict]) -> None:
+    """Train loss and the test metric per epoch, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    e = [r["epoch"] for r in epochs]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(e, [r["train_loss"] for r in epochs], "o-", label="train")
+    a.plot(e, [r["test_loss"] for r in epochs], "s--", label="test")
+    a.set(xlabel="epoch", ylabel=f"loss ({task.loss.name.rsplit('.', 1)[-1]})", title=f"{task.name}: loss")
+    a.legend()
+    b.plot(e, [r[f"test_{task.metric}"] for r in epochs], "o-", color="C2")
+    b.set(xlabel="epoch", ylabel=f"test {task.metric}", title=f"{task.name} {task.architecture}: test {task.metric}")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def learning_rate(args: argparse.Namespace, train_examples: int) -> optax.ScalarOrSchedule:
+    """The ``--lr``/``--schedule`` flags as an optax learning rate for ``--epochs`` epochs."""
+    if args.schedule == "constant":
+        return args.lr
+    return optax.cosine_decay_schedule(args.lr, args.epochs * (train_examples // args.batch_size))
+
+
+def run(task: Task, args: argparse.Namespace) -> dict:
+    """Train ``task`` with ``args``; write ``metrics.json``, ``curves.png`` and checkpoints; return the metrics."""
+    from tqdm import tqdm
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = task.load(args.data_dir, args.limit)
+    optimizer = train.sgd_with_clipping(learning_rate(args, len(ds.x_train)), args.max_norm, args.momentum)
+    config = {
+        "task": task.name,
+        "model": task.architecture,
+        **{k: v for k, v in vars(args).items() if k not in ("no_progress", "resume")},
+        "train_examples": len(ds.x_train),
+        "test_examples": len(ds.x_test),
+        "data_source": ds.info.get("source"),
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+    }
+    bar = tqdm(total=args.epochs, desc=f"{task.name} ({args.grad})", unit="epoch", disable=args.no_progress)
+
+    def on_epoch(entry: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{entry['train_loss']:.4f}", **{f"test_{task.metric}": f"{entry[f'test_{task.metric}']:.4f}"})
+
+    result = train.fit(
+        task.model(),
+        task.loss,
+        optimizer,
+        task.init(args.seed),
+        ds,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        key=shuffle_key(args.seed),
+        grad=args.grad,
+        checkpoint_path=out / CHECKPOINT,
+        resume=args.resume,
+        on_epoch=on_epoch,
+    )
+    bar.close()
+    last = result.epochs[-1]
+    metrics = {
+        "config": config,
+        "compile_seconds": result.compile_seconds,
+        "epochs": result.epochs,
+        "test": {task.metric: last[f"test_{task.metric}"], "loss": last["test_loss"]},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_curves(out / "curves.png", task, result.epochs)
+    return metrics
+
+
+def main(task: Task, description: str, argv: Sequence[str] | None = None) -> int:
+    p = parser(task, description)
+    args = p.parse_args(argv)
+    check_args(p, args)
+    try:
+        metrics = run(task, args)
+    except (data.MissingDataError, checkpoint.CheckpointError, train.NonFiniteError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    value = metrics["test"][task.metric]
+    shown = f"{100 * value:.2f}%" if task.metric == "accuracy" else f"{value:.4f}"
+    per_epoch = np.median([r["seconds"] for r in metrics["epochs"]]) if metrics["epochs"] else float("nan")
+    print(f"{task.name} {task.architecture} grad={args.grad}: test {task.metric} {shown} after {len(metrics['epochs'])} epochs "
+          f"({per_epoch:.2f} s/epoch median); wrote {pathlib.Path(args.out) / 'metrics.json'}")
+    return 0
