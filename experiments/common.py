@@ -102,7 +102,8 @@ CALIFORNIA_HOUSING = Task(
 TASKS = {t.name: t for t in (MNIST, CALIFORNIA_HOUSING)}
 
 
-def parser(task: Task, description: str) -> argparse.ArgumentParser:
+def parser(task: Task, description: str, training: bool = True) -> argparse.ArgumentParser:
+    """The flags of DESIGN.md with ``task``'s defaults; ``training`` adds --grad, --resume, --no-progress."""
     d = task.defaults
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--epochs", type=int, default=d["epochs"], help="total number of epochs (also when resuming)")
@@ -117,16 +118,17 @@ def parser(task: Task, description: str) -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum (0 for plain SGD)")
     p.add_argument("--max-norm", type=float, default=d["max_norm"], help="clip the gradient to this global L2 norm")
     p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling")
-    p.add_argument("--grad", choices=train.GRADS, default="manual", help="where the gradient comes from")
     p.add_argument(
         "--data-dir",
         default=os.environ.get(data.source.DATA_DIR_ENV),
         help=f"folder holding {task.name}/ (default: $MANUALGRAD_DATA_DIR, else the online source)",
     )
     p.add_argument("--out", default=f"runs/{task.name}", help="where metrics.json, curves.png and the checkpoint go")
-    p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples (smoke runs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if training:
+        p.add_argument("--grad", choices=train.GRADS, default="manual", help="where the gradient comes from")
+        p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -190,7 +192,7 @@ def run(task: Task, args: argparse.Namespace) -> dict:
     }
     bar = tqdm(total=args.epochs, desc=f"{task.name} ({args.grad})", unit="epoch", disable=args.no_progress)
 
-    def on_epoch(entry: dict) -> None:
+    def on_epoch(entry: dict, params: Any) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{entry['train_loss']:.4f}", **{f"test_{task.metric}": f"{entry[f'test_{task.metric}']:.4f}"})
 

@@ -278,7 +278,7 @@ def fit(
     grad: str = "manual",
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[dict[str, float], Any], None] | None = None,
 ) -> History:
     """Train for ``epochs`` scanned epochs, evaluating on the test split after each.
 
@@ -287,16 +287,19 @@ def fit(
     ``epoch_key(key, e)``. Each epoch's entry holds ``epoch``, ``train_loss`` (mean over its
     steps), ``grad_norm_max`` (largest raw gradient norm), ``seconds`` (training time, without
     compilation, which is done ahead and reported as ``compile_seconds``), and the test
-    metrics of :func:`evaluate` prefixed ``test_``.
+    metrics of :func:`evaluate` prefixed ``test_``. The caller's ``params`` are copied, not
+    consumed.
 
     With ``checkpoint_path``, params, optimizer state and the history are saved atomically
     after every epoch; ``resume=True`` continues from that checkpoint, and the result is
     bit-identical (up to the timings) to an uninterrupted run. A NaN or infinite loss or
     gradient raises :class:`NonFiniteError` naming the epoch and step; that epoch is not
-    saved, so the checkpoint keeps the last good epoch. ``on_epoch`` is called with each
-    new entry.
+    saved, so the checkpoint keeps the last good epoch. ``on_epoch(entry, params)`` is
+    called after each epoch with its new entry and the params it ended with (copy them,
+    e.g. with ``jax.device_get``, to keep them: the next epoch reuses their buffers).
     """
     history: list[dict[str, float]] = []
+    params = jax.tree_util.tree_map(jnp.array, params)  # a copy: the epochs donate their input buffers
     opt_state = optimizer.init(params)
     if resume:
         if checkpoint_path is None:
@@ -325,5 +328,5 @@ def fit(
         if checkpoint_path is not None:
             checkpoint.save(checkpoint_path, (params, opt_state), {"history": history})
         if on_epoch is not None:
-            on_epoch(entry)
+            on_epoch(entry, params)
     return History(params, opt_state, history, compile_seconds)
