@@ -119,7 +119,7 @@ def make_update(
         value, grads = value_and_grad(params, x, y)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": value, "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
 
     return update
 
@@ -235,23 +235,28 @@ def evaluate(
     """
     n = len(x)
     classify = jnp.issubdtype(jnp.asarray(y[:1]).dtype, jnp.integer)
-    totals = {"loss": 0.0, "accuracy" if classify else "mse": 0.0}
+    totals: dict[str, float] = {}
     for start in range(0, n, batch_size):
         xb, yb = jnp.asarray(x[start : start + batch_size]), jnp.asarray(y[start : start + batch_size])
-        chunk = _evaluate_chunk(model, loss, classify, params, xb, yb)
-        for k, v in chunk.items():
-            totals[k] += float(v) * len(xb)
-    return {k: v / n for k, v in totals.items()}
+        for k, v in _evaluate_chunk(model, loss, classify, params, xb, yb).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    out = {"loss": totals["loss"] / n}
+    if classify:
+        out["accuracy"] = totals["correct"] / n
+    else:
+        out["mse"] = totals["squared_error"] / (n * int(np.prod(np.shape(y)[1:])))
+    return out
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _evaluate_chunk(model, loss, classify, params, x, y):
+    """Sums over the chunk: loss times its size, and correct predictions or squared errors."""
     pred = model.apply(params, x)
-    out = {"loss": loss(pred, y)}
+    out = {"loss": loss(pred, y) * x.shape[0]}
     if classify:
-        out["accuracy"] = jnp.mean(jnp.argmax(pred, axis=-1) == y)
+        out["correct"] = jnp.sum(jnp.argmax(pred, axis=-1) == y)
     else:
-        out["mse"] = jnp.mean((pred - y) ** 2)
+        out["squared_error"] = jnp.sum((pred - y) ** 2)
     return out
 
 

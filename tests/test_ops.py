@@ -178,6 +178,18 @@ def test_relu_family_derivative_at_zero(name):
         np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(jax.nn.relu(x)))(jnp.zeros(3)), 0.0)
 
 
+@pytest.mark.parametrize("name", ["manualgrad.ops.relu", "manualgrad.ops.leaky_relu", "manualgrad.ops.scaled_relu"])
+def test_relu_family_propagates_nan(name):
+    """A NaN input is never silently zeroed (as in PyTorch and jax.nn.relu); -inf maps to 0 or -inf*slope."""
+    op = REGISTRY[name].op
+    params = examples(name)[0].params
+    x = jnp.array([jnp.nan, -jnp.inf, -1.0, 0.0, 2.0])
+    for y in (op(x, **params), op.fwd(x, **params)[0], op.reference(x, **params)):
+        assert np.isnan(np.asarray(y)[0])
+        np.testing.assert_array_equal(np.asarray(y)[1:], np.asarray(op.reference(x[1:], **params)))
+    assert np.isnan(np.asarray(jax.nn.relu(x))[0])
+
+
 def test_ops_are_documented_with_their_signature():
     assert list(inspect.signature(mg.ops.linear).parameters) == ["x", "w", "b"]
     assert inspect.signature(mg.ops.leaky_relu).parameters["negative_slope"].default == 0.01

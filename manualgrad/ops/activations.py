@@ -64,14 +64,16 @@ def relu(x: jax.Array) -> jax.Array:
     """``y = max(x, 0)``.
 
     ``dy/dx = 1`` where ``x > 0`` and ``0`` elsewhere, including at ``x = 0`` (the
-    PyTorch and ``jax.nn.relu`` convention), so ``x_bar = g * [x > 0]``.
-    Residual: the boolean mask ``x > 0`` (one byte per element, no float copy).
+    PyTorch and ``jax.nn.relu`` convention), so ``x_bar = g * [x > 0]``. A NaN input gives a
+    NaN output (as in PyTorch and ``jax.nn.relu``), so NaNs are never silently zeroed: the
+    mask is ``not (x <= 0)``, true for positive and NaN inputs.
+    Residual: that boolean mask (one byte per element, no float copy).
     """
-    return jnp.where(x > 0, x, 0.0)
+    return jnp.where(x <= 0, 0.0, x)
 
 
 def relu_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    mask = x > 0
+    mask = ~(x <= 0)
     return jnp.where(mask, x, 0.0), mask
 
 
@@ -112,13 +114,13 @@ def scaled_relu(x: jax.Array, scale: float) -> jax.Array:
 
     ``dy/dx = scale`` where ``x > 0`` and ``0`` elsewhere: the Jacobian is the diagonal
     matrix with ``scale`` where the input is positive. ``x_bar = where(x > 0, scale * g, 0)``.
-    Residual: the mask.
+    Residual: the mask ``not (x <= 0)`` (NaN propagates, as in :func:`relu`).
     """
-    return scale * jnp.where(x > 0, x, 0.0)
+    return scale * jnp.where(x <= 0, 0.0, x)
 
 
 def scaled_relu_fwd(x: jax.Array, scale: float) -> tuple[jax.Array, jax.Array]:
-    mask = x > 0
+    mask = ~(x <= 0)
     return jnp.where(mask, scale * x, 0.0), mask
 
 

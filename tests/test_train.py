@@ -1,0 +1,221 @@
+"""Training: the optimiser, the three gradient sources, the scanned epoch, fit, resume, NaN stops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from manualgrad import checkpoint, data, losses, nn, train
+from tests.helpers import as_float64, assert_trees_close
+
+
+def mlp():
+    return nn.serial(nn.Linear(16), nn.ReLU(), nn.Linear(8), nn.Tanh(), nn.Linear(3))
+
+
+def problem(n=96, d=5, seed=0, dtype=jnp.float64):
+    model = mlp()
+    _, params = model.init(jax.random.PRNGKey(seed), (-1, d))
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(n, d)), dtype)
+    y = jnp.asarray(rng.integers(0, 3, n), jnp.int32)
+    return model, jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params), x, y
+
+
+def copy(tree):
+    return jax.tree_util.tree_map(jnp.array, tree)
+
+
+def test_sgd_with_clipping_is_clip_then_sgd():
+    opt = train.sgd_with_clipping(0.1, 1.0, momentum=0.9)
+    ref = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, 0.9))
+    params = {"a": jnp.ones(3), "b": jnp.zeros((2, 2))}
+    g = {"a": jnp.array([3.0, -4.0, 12.0]), "b": jnp.full((2, 2), 0.5)}
+    s, r = opt.init(params), ref.init(params)
+    for _ in range(3):
+        u, s = opt.update(g, s, params)
+        v, r = ref.update(g, r, params)
+        assert_trees_close(u, v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, 1e8])
+def test_update_norm_is_at_most_lr_times_max_norm(scale):
+    lr, max_norm = 0.05, 2.0
+    opt = train.sgd_with_clipping(lr, max_norm)
+    params = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+    rng = np.random.default_rng(0)
+    g = {"w": jnp.asarray(rng.normal(size=(4, 3)) * scale), "b": jnp.asarray(rng.normal(size=3) * scale)}
+    u, _ = opt.update(g, opt.init(params), params)
+    norm, raw = float(optax.tree.norm(u)), float(optax.tree.norm(g))
+    assert norm <= lr * max_norm * (1 + 1e-6)
+    np.testing.assert_allclose(norm, lr * min(raw, max_norm), rtol=1e-6)
+
+
+def test_update_norm_in_a_real_step():
+    model, params, x, y = problem(dtype=jnp.float32)
+    params = jax.tree_util.tree_map(lambda a: a * 30, params)  # huge logits: huge gradients
+    lr, max_norm = 0.1, 0.5
+    step = train.make_train_step(model, losses.softmax_cross_entropy, train.sgd_with_clipping(lr, max_norm))
+    new, _, metrics = step(copy(params), train.sgd_with_clipping(lr, max_norm).init(params), (x, y))
+    delta = jax.tree_util.tree_map(lambda a, b: a - b, new, params)
+    assert float(metrics["grad_norm"]) > max_norm
+    assert float(optax.tree.norm(delta)) <= lr * max_norm * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("bad", [dict(learning_rate=0.0), dict(max_norm=-1.0), dict(momentum=1.0)])
+def test_sgd_with_clipping_rejects_bad_settings(bad):
+    kw = dict(learning_rate=0.1, max_norm=1.0, momentum=0.0) | bad
+    with pytest.raises(ValueError, match="sgd_with_clipping: " + next(iter(bad))):
+        train.sgd_with_clipping(**kw)
+
+
+def test_unknown_grad_mode_is_an_error():
+    with pytest.raises(ValueError, match="grad must be one of"):
+        train.make_train_step(mlp(), losses.mse, train.sgd_with_clipping(0.1, 1.0), grad="autograd")
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_three_gradient_sources_give_equal_params_after_k_steps(momentum):
+    model, params, x, y = problem()
+    opt = train.sgd_with_clipping(0.5, 1.0, momentum)
+    out = {}
+    for grad in train.GRADS:
+        step = train.make_train_step(model, losses.softmax_cross_entropy, opt, grad=grad)
+        p, s = copy(params), opt.init(params)
+        for k in range(6):
+            p, s, metrics = step(p, s, (x[16 * k : 16 * k + 16], y[16 * k : 16 * k + 16]))
+        out[grad] = p
+    assert_trees_close(out["manual"], out["reference"])
+    assert_trees_close(out["explicit"], out["reference"])
+    assert not jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), out["manual"], params))
+
+
+def test_train_step_donates_params_and_state():
+    model, params, x, y = problem(dtype=jnp.float32)
+    opt = train.sgd_with_clipping(0.1, 1.0, 0.9)
+    step = train.make_train_step(model, losses.softmax_cross_entropy, opt)
+    lowered = step.lower(params, opt.init(params), (x, y))
+    assert "donated" in str(lowered.args_info).lower() or any(
+        leaf.donated for leaf in jax.tree_util.tree_leaves(lowered.args_info[0][:2])
+    )
+
+
+def test_scanned_epoch_equals_a_python_loop_of_steps():
+    model, params, x, y = problem(n=100)
+    opt = train.sgd_with_clipping(0.3, 1.0, 0.9)
+    key = jax.random.PRNGKey(7)
+    epoch = train.make_epoch(model, losses.softmax_cross_entropy, opt, batch_size=16)
+    p_scan, _, m_scan = epoch(copy(params), opt.init(params), x, y, key)
+
+    step = train.make_train_step(model, losses.softmax_cross_entropy, opt)
+    p, s, seen = copy(params), opt.init(params), []
+    for idx in np.asarray(train.epoch_permutation(key, len(x), 16)):
+        p, s, m = step(p, s, (x[idx], y[idx]))
+        seen.append(float(m["loss"]))
+    assert m_scan["loss"].shape == (100 // 16,)
+    np.testing.assert_allclose(np.asarray(m_scan["loss"]), seen, rtol=1e-12)
+    assert_trees_close(p_scan, p, rtol=1e-12, atol=1e-14)
+
+
+def test_epoch_permutation_drops_only_the_partial_batch_and_reshuffles():
+    a = np.asarray(train.epoch_permutation(train.epoch_key(jax.random.PRNGKey(0), 1), 103, 10))
+    b = np.asarray(train.epoch_permutation(train.epoch_key(jax.random.PRNGKey(0), 2), 103, 10))
+    assert a.shape == b.shape == (10, 10)
+    assert len(set(a.ravel())) == 100 and set(a.ravel()) <= set(range(103))
+    assert not np.array_equal(a, b)
+
+
+def test_epoch_compiles_once():
+    model, params, x, y = problem(dtype=jnp.float32)
+    opt = train.sgd_with_clipping(0.1, 1.0)
+    epoch = train.make_epoch(model, losses.softmax_cross_entropy, opt, batch_size=32)
+    p, s = copy(params), opt.init(params)
+    for e in range(1, 4):
+        p, s, _ = epoch(p, s, x, y, train.epoch_key(jax.random.PRNGKey(0), e))
+    assert epoch._cache_size() == 1
+
+
+def test_epoch_rejects_a_dataset_smaller_than_a_batch():
+    model, params, x, y = problem(n=10)
+    opt = train.sgd_with_clipping(0.1, 1.0)
+    epoch = train.make_epoch(model, losses.softmax_cross_entropy, opt, batch_size=32)
+    with pytest.raises(ValueError, match="10 examples make no batch of batch_size=32"):
+        epoch(params, opt.init(params), x, y, jax.random.PRNGKey(0))
+
+
+def test_evaluate_matches_numpy_whatever_the_chunking():
+    model, params, x, y = problem(n=50)
+    logits = np.asarray(model.apply(params, x))
+    want = np.mean(np.argmax(logits, -1) == np.asarray(y))
+    for batch_size in (7, 50, 1000):
+        got = train.evaluate(model, params, x, y, losses.softmax_cross_entropy, batch_size=batch_size)
+        np.testing.assert_allclose(got["accuracy"], want, rtol=1e-12)
+        np.testing.assert_allclose(got["loss"], float(losses.softmax_cross_entropy(logits, y)), rtol=1e-10)
+    reg = nn.serial(nn.Linear(1))
+    _, rp = reg.init(jax.random.PRNGKey(1), (-1, 5))
+    rp, t = as_float64(rp), jnp.asarray(np.random.default_rng(2).normal(size=(50, 1)))
+    got = train.evaluate(reg, rp, x, t, losses.mse, batch_size=8)
+    np.testing.assert_allclose(got["mse"], np.mean((np.asarray(reg.apply(rp, x)) - np.asarray(t)) ** 2), rtol=1e-10)
+
+
+def dataset(n=96, seed=0, dtype=jnp.float32):
+    _, _, x, y = problem(n=n, seed=seed, dtype=dtype)
+    _, _, xt, yt = problem(n=40, seed=seed + 1, dtype=dtype)
+    return data.Dataset("toy", np.asarray(x), np.asarray(y), np.asarray(xt), np.asarray(yt))
+
+
+def optimizer():
+    return train.sgd_with_clipping(optax.cosine_decay_schedule(0.3, 18), 1.0, 0.9)
+
+
+def fit(ds, params, epochs, **kw):
+    return train.fit(
+        mlp(), losses.softmax_cross_entropy, optimizer(),
+        params, ds, epochs=epochs, batch_size=16, key=jax.random.PRNGKey(3), **kw,
+    )
+
+
+def without_timing(history):
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in history]
+
+
+def test_fit_resumed_is_bit_identical_to_uninterrupted(tmp_path):
+    model, params, _, _ = problem(dtype=jnp.float32)
+    ds = dataset()
+    full = fit(ds, params, 3)
+    fit(ds, params, 1, checkpoint_path=tmp_path / "ck.npz")
+    resumed = fit(ds, params, 3, checkpoint_path=tmp_path / "ck.npz", resume=True)
+    for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert without_timing(full.epochs) == without_timing(resumed.epochs)
+    assert [e["epoch"] for e in resumed.epochs] == [1, 2, 3]
+
+
+def test_fit_leaves_the_callers_params_usable():
+    _, params, _, _ = problem(dtype=jnp.float32)
+    fit(dataset(), params, 1)
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(params))
+
+
+def test_non_finite_input_stops_training_naming_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
+    _, params, _, _ = problem(dtype=jnp.float32)
+    ds = dataset()
+    path = tmp_path / "ck.npz"
+    good = fit(ds, params, 1, checkpoint_path=path)
+    bad_x = ds.x_train.copy()
+    bad_x[:] = np.nan  # every batch of epoch 2 sees NaN: the first step fails
+    bad = data.Dataset("toy", bad_x, ds.y_train, ds.x_test, ds.y_test)
+    with pytest.raises(train.NonFiniteError, match=r"epoch 2, step 1: loss=nan"):
+        fit(bad, params, 3, checkpoint_path=path, resume=True)
+    (restored, _), meta = checkpoint.load(path, (params, optimizer().init(params)))
+    assert len(meta["history"]) == 1
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(good.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_check_finite_names_the_first_bad_step():
+    metrics = {"loss": np.array([1.0, 0.5, np.inf, np.nan]), "grad_norm": np.array([1.0, np.nan, 1.0, 1.0])}
+    with pytest.raises(train.NonFiniteError, match="epoch 4, step 2: loss=0.5, gradient norm=nan"):
+        train.check_finite(metrics, epoch=4)
+    train.check_finite({"loss": np.ones(3), "grad_norm": np.ones(3)}, epoch=1)
