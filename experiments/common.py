@@ -24,6 +24,8 @@ from manualgrad import checkpoint, data, losses, nn, train
 from manualgrad.core import Op
 
 CHECKPOINT = "checkpoint.npz"
+# flags that change the trajectory: --resume refuses a checkpoint written with other values
+RESUME_MUST_MATCH = ("model", "batch_size", "lr", "schedule", "decay_epochs", "momentum", "max_norm", "seed", "grad", "limit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +115,14 @@ def parser(task: Task, description: str, training: bool = True) -> argparse.Argu
         "--schedule",
         choices=("cosine", "constant"),
         default="cosine",
-        help="learning rate per step: cosine decay from --lr to 0 over all --epochs, or constant",
+        help="learning rate per step: cosine decay from --lr to 0 over --decay-epochs, or constant",
+    )
+    p.add_argument(
+        "--decay-epochs",
+        type=int,
+        default=d["epochs"],
+        help="length of the cosine decay in epochs (fixed apart from --epochs, so a run stopped early "
+        "and resumed follows the same schedule; after it the rate stays 0)",
     )
     p.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum (0 for plain SGD)")
     p.add_argument("--max-norm", type=float, default=d["max_norm"], help="clip the gradient to this global L2 norm")
@@ -133,7 +142,7 @@ def parser(task: Task, description: str, training: bool = True) -> argparse.Argu
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "decay_epochs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("lr", "max_norm"):
@@ -166,10 +175,10 @@ def plot_curves(path: pathlib.Path, task: Task, epochs: list[dict]) -> None:
 
 
 def learning_rate(args: argparse.Namespace, train_examples: int) -> optax.ScalarOrSchedule:
-    """The ``--lr``/``--schedule`` flags as an optax learning rate for ``--epochs`` epochs."""
+    """The ``--lr``/``--schedule``/``--decay-epochs`` flags as an optax learning rate (per step)."""
     if args.schedule == "constant":
         return args.lr
-    return optax.cosine_decay_schedule(args.lr, args.epochs * (train_examples // args.batch_size))
+    return optax.cosine_decay_schedule(args.lr, args.decay_epochs * (train_examples // args.batch_size))
 
 
 def run(task: Task, args: argparse.Namespace) -> dict:
@@ -193,7 +202,7 @@ def run(task: Task, args: argparse.Namespace) -> dict:
     bar = tqdm(total=args.epochs, desc=f"{task.name} ({args.grad})", unit="epoch", disable=args.no_progress)
 
     def on_epoch(entry: dict, params: Any) -> None:
-        bar.update(1)
+        bar.n = entry["epoch"]
         bar.set_postfix(loss=f"{entry['train_loss']:.4f}", **{f"test_{task.metric}": f"{entry[f'test_{task.metric}']:.4f}"})
 
     result = train.fit(
@@ -208,6 +217,7 @@ def run(task: Task, args: argparse.Namespace) -> dict:
         grad=args.grad,
         checkpoint_path=out / CHECKPOINT,
         resume=args.resume,
+        config={k: config[k] for k in RESUME_MUST_MATCH},
         on_epoch=on_epoch,
     )
     bar.close()

@@ -283,6 +283,7 @@ def fit(
     grad: str = "manual",
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
+    config: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, float], Any], None] | None = None,
 ) -> History:
     """Train for ``epochs`` scanned epochs, evaluating on the test split after each.
@@ -297,7 +298,10 @@ def fit(
 
     With ``checkpoint_path``, params, optimizer state and the history are saved atomically
     after every epoch; ``resume=True`` continues from that checkpoint, and the result is
-    bit-identical (up to the timings) to an uninterrupted run. A NaN or infinite loss or
+    bit-identical (up to the timings) to an uninterrupted run. ``config`` (JSON-serialisable
+    settings such as the learning rate) is stored with the checkpoint, and resuming with
+    a different ``config`` raises :class:`manualgrad.checkpoint.CheckpointError` naming
+    what changed. A NaN or infinite loss or
     gradient raises :class:`NonFiniteError` naming the epoch and step; that epoch is not
     saved, so the checkpoint keeps the last good epoch. ``on_epoch(entry, params)`` is
     called after each epoch with its new entry and the params it ended with (copy them,
@@ -311,6 +315,12 @@ def fit(
             raise ValueError("manualgrad.train.fit: resume=True needs a checkpoint_path")
         (params, opt_state), meta = checkpoint.load(checkpoint_path, (params, opt_state))
         history = meta["history"]
+        stored = meta.get("config") or {}
+        changed = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in (config or {}).items() if stored.get(k) != v]
+        if changed:
+            raise checkpoint.CheckpointError(
+                f"manualgrad.train.fit: {checkpoint_path} was written with other settings ({'; '.join(changed)})"
+            )
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     start = time.perf_counter()
     run_epoch = make_epoch(model, loss, optimizer, batch_size, grad).lower(params, opt_state, x, y, key).compile()
@@ -331,7 +341,7 @@ def fit(
         }
         history.append(entry)
         if checkpoint_path is not None:
-            checkpoint.save(checkpoint_path, (params, opt_state), {"history": history})
+            checkpoint.save(checkpoint_path, (params, opt_state), {"history": history, "config": config})
         if on_epoch is not None:
             on_epoch(entry, params)
     return History(params, opt_state, history, compile_seconds)

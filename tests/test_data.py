@@ -1,0 +1,203 @@
+"""Data: TFDS builders (TensorFlow-free) over tiny files the tests write, the real files when present."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from manualgrad import data
+from manualgrad.data import california_housing, mnist, source
+from tests.conftest import ROOT
+from tests.tiny_data import tiny_cal_housing, tiny_mnist, write_idx
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network was used although the data are local")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_mnist_builder_over_idx_files(tmp_path, no_network, compress):
+    written = tiny_mnist(tmp_path / "data", compress=compress)
+    ds = data.load("mnist", tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert ds.x_train.shape == (300, 28, 28, 1) and ds.x_train.dtype == np.uint8
+    assert ds.y_train.shape == (300,) and ds.y_train.dtype == np.int32
+    assert ds.x_test.shape == (100, 28, 28, 1)
+    for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+        images, labels = written[split]
+        # TFDS stores examples in its own (deterministic) order: compare as multisets of (image, label)
+        got = sorted((img.tobytes(), int(lab)) for img, lab in zip(x[..., 0], y))
+        want = sorted((img.tobytes(), int(lab)) for img, lab in zip(images, labels))
+        assert got == want
+    assert ds.info["source"] == str((tmp_path / "data" / "mnist").resolve())
+
+
+def test_mnist_loads_from_the_cache_the_second_time(tmp_path, no_network):
+    tiny_mnist(tmp_path / "data")
+    a = data.load_mnist(tmp_path / "data", cache_dir=tmp_path / "cache")
+    prepared = sorted(p.relative_to(tmp_path) for p in (tmp_path / "cache").rglob("*.array_record*"))
+    b = data.load_mnist(tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "cache").rglob("*.array_record*")) == prepared
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+
+
+def test_read_idx_rejects_bad_files(tmp_path):
+    write_idx(tmp_path / "ok", np.zeros((2, 3), np.uint8), compress=False)
+    np.testing.assert_array_equal(mnist.read_idx(tmp_path / "ok"), np.zeros((2, 3)))
+    (tmp_path / "short").write_bytes((tmp_path / "ok").read_bytes()[:-1])
+    with pytest.raises(ValueError, match=r"holds 5 data bytes, its header says shape \(2, 3\)"):
+        mnist.read_idx(tmp_path / "short")
+    (tmp_path / "text").write_bytes(b"hello world")
+    with pytest.raises(ValueError, match="is not an IDX file"):
+        mnist.read_idx(tmp_path / "text")
+
+
+def test_missing_data_error_says_where_and_how(tmp_path, no_network):
+    (tmp_path / "mnist").mkdir()
+    with pytest.raises(data.MissingDataError) as e:
+        data.load("mnist", tmp_path, cache_dir=tmp_path / "cache")
+    msg = str(e.value)
+    assert "manualgrad.data.load_mnist" in msg
+    assert str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz") in msg and "--data-dir" in msg
+    with pytest.raises(data.MissingDataError, match="cal_housing.data"):
+        data.load("california_housing", tmp_path, cache_dir=tmp_path / "cache")
+
+
+def test_data_dir_flag_then_environment_then_online(tmp_path, monkeypatch):
+    monkeypatch.delenv(source.DATA_DIR_ENV, raising=False)
+    assert data.resolve_data_dir(None) is None
+    monkeypatch.setenv(source.DATA_DIR_ENV, str(tmp_path / "env"))
+    assert data.resolve_data_dir(None) == (tmp_path / "env").resolve()
+    assert data.resolve_data_dir(tmp_path / "flag") == (tmp_path / "flag").resolve()
+
+
+class FakeSource(list):
+    def __getitems__(self, keys):
+        return [self[k] for k in keys]
+
+
+def fake_mnist_sources():
+    return {s: FakeSource([{"image": np.zeros((28, 28, 1), np.uint8), "label": 3}] * n) for s, n in (("train", 4), ("test", 2))}
+
+
+def test_without_a_data_dir_mnist_comes_from_the_tfds_catalog(tmp_path, monkeypatch):
+    monkeypatch.delenv(source.DATA_DIR_ENV, raising=False)
+    calls = []
+
+    def data_source(name, **kwargs):
+        calls.append(name)
+        return fake_mnist_sources()
+
+    monkeypatch.setattr(mnist.tfds, "data_source", data_source)
+    ds = data.load("mnist", cache_dir=tmp_path)
+    assert calls == ["mnist"] and ds.info["source"] == "tfds catalog: mnist"
+    assert ds.x_train.shape == (4, 28, 28, 1) and list(ds.y_test) == [3, 3]
+
+
+def test_catalog_needing_tensorflow_falls_back_to_downloading_the_idx_files(tmp_path, monkeypatch):
+    monkeypatch.delenv(source.DATA_DIR_ENV, raising=False)
+
+    def data_source(name, **kwargs):
+        raise ModuleNotFoundError("No module named 'tensorflow'")
+
+    builders = []
+
+    def prepare(builder):
+        builders.append(builder)
+        return fake_mnist_sources()
+
+    monkeypatch.setattr(mnist.tfds, "data_source", data_source)
+    monkeypatch.setattr(mnist, "prepare", prepare)
+    ds = data.load("mnist", cache_dir=tmp_path)
+    assert isinstance(builders[0], mnist.MnistIdx) and builders[0].source_dir is None
+    assert ds.info["source"] == mnist.URL
+
+
+def test_california_housing_features_split_and_standardisation(tmp_path, no_network):
+    raw = tiny_cal_housing(tmp_path / "data", n=500)
+    ds = data.load("california_housing", tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert ds.x_train.shape == (400, 8) and ds.x_test.shape == (100, 8) and ds.y_train.shape == (400, 1)
+    assert ds.x_train.dtype == ds.y_train.dtype == np.float32
+    x, y = california_housing.read_cal_housing(tmp_path / "data" / "california_housing" / "cal_housing.data")
+    lon, lat, age, rooms, bedrooms, population, households, income, value = raw.T
+    np.testing.assert_allclose(x, np.stack([income, age, rooms / households, bedrooms / households, population,
+                                            population / households, lat, lon], 1))
+    np.testing.assert_allclose(y, value / 1e5)
+    train_rows, test_rows = california_housing.split_indices(500)
+    assert len(set(train_rows) | set(test_rows)) == 500 and not set(train_rows) & set(test_rows)
+    mean, std = x[train_rows].mean(0), x[train_rows].std(0)
+    np.testing.assert_allclose(ds.info["mean"], mean, rtol=1e-6)
+    # test rows are standardised with the training statistics, never their own
+    want_test = np.sort(((x[test_rows] - mean) / std).astype(np.float32), axis=0)
+    np.testing.assert_allclose(np.sort(ds.x_test, axis=0), want_test, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ds.x_train.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(np.sort(ds.y_test[:, 0]), np.sort(y[test_rows]).astype(np.float32), rtol=1e-6)
+
+
+def test_california_housing_rejects_a_malformed_file(tmp_path):
+    folder = tmp_path / "california_housing"
+    folder.mkdir()
+    (folder / "cal_housing.data").write_text("1,2,3\n4,5,6\n")
+    with pytest.raises(ValueError, match="has 3 columns, expected 9"):
+        data.load_california_housing(tmp_path, cache_dir=tmp_path / "cache")
+
+
+def test_batches_reshuffle_each_epoch_and_keep_the_partial_batch():
+    x, y = np.arange(10)[:, None], np.arange(10)
+    batches = data.Batches(x, y, 4, seed=1)
+    assert len(batches) == 3
+    epochs = [list(batches), list(batches)]
+    for epoch in epochs:
+        assert [len(b[1]) for b in epoch] == [4, 4, 2]
+        seen = np.concatenate([b[1] for b in epoch])
+        assert sorted(seen) == list(range(10))
+        for bx, by in epoch:
+            np.testing.assert_array_equal(bx[:, 0], by)
+    assert not np.array_equal(np.concatenate([b[1] for b in epochs[0]]), np.concatenate([b[1] for b in epochs[1]]))
+    assert [len(b[1]) for b in data.Batches(x, y, 4, drop_last=True)] == [4, 4]
+    assert [list(b[1]) for b in data.Batches(x, y, 5, shuffle=False)] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    with pytest.raises(ValueError, match="x has 10 examples but y has 9"):
+        data.Batches(x, y[:9], 4)
+
+
+def test_tensorflow_is_never_imported(tmp_path):
+    tiny_mnist(tmp_path / "data", n_train=20, n_test=10)
+    tiny_cal_housing(tmp_path / "data", n=50)
+    code = (
+        "import sys; from manualgrad import data; "
+        f"data.load('mnist', {str(tmp_path / 'data')!r}, cache_dir={str(tmp_path / 'cache')!r}); "
+        f"data.load('california_housing', {str(tmp_path / 'data')!r}, cache_dir={str(tmp_path / 'cache')!r}); "
+        "import experiments.common, manualgrad.train; "
+        "bad = [m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.')]; "
+        "assert not bad, bad; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+# -- the real files (../shared/data or $MANUALGRAD_DATA_DIR) ---------------------------
+MNIST_TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+def test_real_mnist(shared_data, no_network):
+    ds = data.load("mnist", shared_data)
+    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+    assert np.bincount(ds.y_train, minlength=10).tolist() == MNIST_TRAIN_LABEL_COUNTS
+    assert ds.x_train.max() == 255 and ds.x_train.min() == 0
+
+
+def test_real_california_housing(shared_data, no_network):
+    ds = data.load("california_housing", shared_data)
+    assert ds.x_train.shape == (16512, 8) and ds.x_test.shape == (4128, 8)
+    np.testing.assert_allclose(ds.x_train.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(ds.x_train.std(0), 1, atol=1e-4)
+    assert 0.14 < ds.y_train.min() and ds.y_train.max() <= 5.00001  # values are capped at $500,001
+    assert ds.info["features"] == california_housing.FEATURES
