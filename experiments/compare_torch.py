@@ -42,7 +42,7 @@ def torch_model(task: common.Task, params: Any):
     linears = [p for p in params if p]  # Linear params are {"w", "b"}; activations and Flatten have ()
     for i, p in enumerate(linears):
         w = np.asarray(p["w"])
-        lin = torch.nn.Linear(*w.shape, dtype=torch.from_numpy(w).dtype)
+        lin = torch.nn.Linear(*w.shape, dtype=torch.float64 if w.dtype == np.float64 else torch.float32)
         with torch.no_grad():
             lin.weight.copy_(torch.tensor(w.T))
             lin.bias.copy_(torch.tensor(np.asarray(p["b"])))
