@@ -17,8 +17,6 @@ Values are not checked under ``jit`` (they are unknown while tracing):
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -234,7 +234,7 @@ def evaluate(
     all examples whatever the chunking.
     """
     n = len(x)
-    classify = jnp.issubdtype(jnp.asarray(y[:1]).dtype, jnp.integer)
+    classify = jnp.issubdtype(y.dtype, jnp.integer)
     totals: dict[str, float] = {}
     for start in range(0, n, batch_size):
         xb, yb = jnp.asarray(x[start : start + batch_size]), jnp.asarray(y[start : start + batch_size])
@@ -289,7 +289,7 @@ def fit(
     """Train for ``epochs`` scanned epochs, evaluating on the test split after each.
 
     ``data`` has ``x_train, y_train, x_test, y_test`` (a :class:`manualgrad.data.Dataset`);
-    the training arrays are moved to the device once. Epoch ``e`` (1-based) shuffles with
+    the training and test arrays are moved to the device once. Epoch ``e`` (1-based) shuffles with
     ``epoch_key(key, e)``. Each epoch's entry holds ``epoch``, ``train_loss`` (mean over its
     steps), ``grad_norm_max`` (largest raw gradient norm), ``seconds`` (training time, without
     compilation, which is done ahead and reported as ``compile_seconds``), and the test
@@ -301,9 +301,8 @@ def fit(
     bit-identical (up to the timings) to an uninterrupted run. ``config`` (JSON-serialisable
     settings such as the learning rate) is stored with the checkpoint, and resuming with
     a different ``config`` raises :class:`manualgrad.checkpoint.CheckpointError` naming
-    what changed. A NaN or infinite loss or
-    gradient raises :class:`NonFiniteError` naming the epoch and step; that epoch is not
-    saved, so the checkpoint keeps the last good epoch. ``on_epoch(entry, params)`` is
+    what changed. A NaN or infinite loss or gradient raises :class:`NonFiniteError` naming
+    the epoch and step; that epoch is not saved, so the checkpoint keeps the last good epoch. ``on_epoch(entry, params)`` is
     called after each epoch with its new entry and the params it ended with (copy them,
     e.g. with ``jax.device_get``, to keep them: the next epoch reuses their buffers).
     """
@@ -322,6 +321,7 @@ def fit(
                 f"manualgrad.train.fit: {checkpoint_path} was written with other settings ({'; '.join(changed)})"
             )
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
     start = time.perf_counter()
     run_epoch = make_epoch(model, loss, optimizer, batch_size, grad).lower(params, opt_state, x, y, key).compile()
     compile_seconds = time.perf_counter() - start
@@ -331,7 +331,7 @@ def fit(
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - start
         check_finite(metrics, epoch)
-        test = evaluate(model, params, data.x_test, data.y_test, loss)
+        test = evaluate(model, params, x_test, y_test, loss)
         entry = {
             "epoch": epoch,
             "train_loss": float(np.mean(metrics["loss"])),

@@ -1,6 +1,5 @@
 """The verification tools themselves: reports, tolerances, Jacobians (seed 003)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -19,11 +19,12 @@ import tensorflow_datasets as tfds
 
 from manualgrad.data.source import (
     Dataset,
+    FileBuilder,
     cache_root,
-    fingerprint,
     find_files,
+    make_builder,
     prepare,
-    read_split,
+    read_splits,
     resolve_data_dir,
 )
 
@@ -74,14 +75,8 @@ def split_indices(n: int, seed: int = SPLIT_SEED, test_fraction: float = TEST_FR
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
-class CaliforniaHousing(tfds.core.GeneratorBasedBuilder):
+class CaliforniaHousing(FileBuilder):
     """California Housing: ``features`` float32 (8,), ``target`` float32 (in $100k); 80/20 seeded split."""
-
-    VERSION = tfds.core.Version("1.0.0")
-
-    def __init__(self, *, source_dir: pathlib.Path | None = None, **kwargs):
-        self.source_dir = source_dir
-        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -123,15 +118,10 @@ def load_california_housing(
     if root is not None:
         folder = root / "california_housing"
         files = find_files("manualgrad.data.load_california_housing", folder, [FILE], HOW)
-        builder = CaliforniaHousing(
-            source_dir=folder, data_dir=cache / "california_housing" / fingerprint(files), file_format="array_record"
-        )
-        where = str(folder)
+        builder, where = make_builder(CaliforniaHousing, cache, folder, files), str(folder)
     else:
-        builder = CaliforniaHousing(data_dir=cache / "california_housing" / "online", file_format="array_record")
-        where = URL
-    sources = prepare(builder)
-    (x_train, y_train), (x_test, y_test) = (read_split(sources[s], ("features", "target")) for s in ("train", "test"))
+        builder, where = make_builder(CaliforniaHousing, cache), URL
+    x_train, y_train, x_test, y_test = read_splits(prepare(builder), ("features", "target"))
     mean, std = x_train.mean(0, dtype=np.float64), x_train.std(0, dtype=np.float64)
     std = np.where(std > 0, std, 1.0)
 

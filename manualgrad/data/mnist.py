@@ -21,12 +21,12 @@ import tensorflow_datasets as tfds
 
 from manualgrad.data.source import (
     Dataset,
-    MissingDataError,
+    FileBuilder,
     cache_root,
-    fingerprint,
     find_files,
+    make_builder,
     prepare,
-    read_split,
+    read_splits,
     resolve_data_dir,
 )
 
@@ -71,14 +71,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=offset).reshape(shape)
 
 
-class MnistIdx(tfds.core.GeneratorBasedBuilder):
+class MnistIdx(FileBuilder):
     """MNIST from its four IDX files: those in ``source_dir``, or the catalog's download when it is ``None``."""
-
-    VERSION = tfds.core.Version("1.0.0")
-
-    def __init__(self, *, source_dir: pathlib.Path | None = None, **kwargs):
-        self.source_dir = source_dir
-        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -138,16 +132,13 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, cache_dir: str | os
     if root is not None:
         folder = root / "mnist"
         files = find_files("manualgrad.data.load_mnist", folder, [n for p in FILES.values() for n in p], HOW)
-        builder = MnistIdx(source_dir=folder, data_dir=cache / "mnist" / fingerprint(files), file_format="array_record")
-        sources, where = prepare(builder), str(folder)
+        sources, where = prepare(make_builder(MnistIdx, cache, folder, files)), str(folder)
     else:
         sources = _catalog_mnist(cache / "tfds")
         where = "tfds catalog: mnist"
         if sources is None:
-            builder = MnistIdx(source_dir=None, data_dir=cache / "mnist" / "online", file_format="array_record")
-            sources, where = prepare(builder), URL
-    arrays = {split: read_split(sources[split], ("image", "label")) for split in ("train", "test")}
-    (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
+            sources, where = prepare(make_builder(MnistIdx, cache)), URL
+    x_train, y_train, x_test, y_test = read_splits(sources, ("image", "label"))
     return Dataset(
         "mnist",
         x_train,

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-__all__ = ["Dataset", "MissingDataError", "resolve_data_dir", "cache_root", "prepare", "read_split"]
+__all__ = ["Dataset", "MissingDataError", "FileBuilder", "resolve_data_dir", "cache_root", "make_builder", "prepare", "read_splits"]
 
 DATA_DIR_ENV = "MANUALGRAD_DATA_DIR"
 CACHE_DIR_ENV = "MANUALGRAD_CACHE_DIR"
@@ -88,15 +88,35 @@ def fingerprint(files: Sequence[pathlib.Path]) -> str:
     return h.hexdigest()[:16]
 
 
+class FileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A TFDS builder over raw files: those in ``source_dir``, or its online source when that is ``None``."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def __init__(self, *, source_dir: pathlib.Path | None = None, **kwargs):
+        self.source_dir = source_dir
+        super().__init__(**kwargs)
+
+
+def make_builder(
+    cls: type[FileBuilder], cache: pathlib.Path, folder: pathlib.Path | None = None, files: Sequence[pathlib.Path] = ()
+) -> FileBuilder:
+    """``cls`` over ``files`` found in ``folder``, prepared under a cache folder named after their
+    :func:`fingerprint`; or, with no ``folder``, over its online source, prepared under ``cache/online``."""
+    where = cache / (fingerprint(files) if folder is not None else "online")
+    return cls(source_dir=folder, data_dir=where, file_format="array_record")
+
+
 def prepare(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
     """Write the builder's array_record files (once) and return its splits as data sources."""
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(verify_ssl=True),
-    )
+    builder.download_and_prepare()
     return builder.as_data_source()
 
 
-def read_split(source: Sequence[dict[str, np.ndarray]], keys: Sequence[str]) -> tuple[np.ndarray, ...]:
-    """Read a whole split of a data source into one stacked NumPy array per feature key."""
-    records = source.__getitems__(range(len(source)))
-    return tuple(np.stack([r[k] for r in records]) for k in keys)
+def read_splits(sources: dict[str, Any], keys: tuple[str, str]) -> tuple[np.ndarray, ...]:
+    """``(x_train, y_train, x_test, y_test)``: the train and test splits read whole, one stacked array per key."""
+    out = []
+    for split in ("train", "test"):
+        records = sources[split].__getitems__(range(len(sources[split])))
+        out += [np.stack([r[k] for r in records]) for k in keys]
+    return tuple(out)
