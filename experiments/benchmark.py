@@ -1,0 +1,480 @@
+"""How fast are hand-written gradients? ``python -m experiments.benchmark --out DIR``.
+
+Everything is measured in one process, one run, so the ratios hold even where absolute
+times drift on a shared machine:
+
+* the train step (gradient, clipping to global norm, SGD with momentum) per ``grad`` source
+  (``manual``, ``explicit``, ``reference``), the same step in PyTorch eager, and the "GEMM floor":
+  the step's matrix products alone, jitted, with nothing between them;
+* the machine's large-GEMM rate (a 2048 x 2048 x 2048 float32 product) and every row's achieved
+  rate, counting only the step's matrix-product FLOPs;
+* a whole MNIST-sized epoch (60000 examples) as one scanned call (:func:`manualgrad.train.make_epoch`)
+  against a Python loop over the jitted step;
+* the compiled step's temporary memory from XLA's memory analysis.
+
+Timing: every implementation is warmed up, then the implementations take turns (in a rotated
+order) running blocks of steps for ``--rounds`` rounds; a row's time is the median over rounds.
+Inputs are random (standard normal features, uniform labels): the step's cost does not depend
+on the values. Writes ``DIR/benchmark.json`` and ``DIR/BENCHMARKS.md`` (the tables, with the date,
+machine and command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from experiments import common
+from manualgrad import train
+
+IMPLS = ("manual", "explicit", "reference", "torch", "gemm_floor")
+PEAK_SIZE = 2048
+EPOCH_EXAMPLES = 60000
+LR, MOMENTUM, MAX_NORM = 0.01, 0.9, 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    task: common.Task
+    batch: int
+
+    @property
+    def model(self) -> str:
+        return self.task.architecture
+
+    @property
+    def widths(self) -> list[int]:
+        return [int(d) for d in self.model.split("-")]
+
+    def matmul_flops(self) -> int:
+        """FLOPs of one step's matrix products: per layer ``x @ w``, ``x.T @ g`` and ``g @ w.T``,
+        except the input gradient of the first layer, which nothing needs."""
+        pairs = list(zip(self.widths[:-1], self.widths[1:]))
+        per_product = [2 * self.batch * d_in * d_out for d_in, d_out in pairs]
+        return 3 * sum(per_product) - per_product[0]
+
+
+MNIST_WIDE = dataclasses.replace(common.MNIST, hidden=(1024, 1024))
+CONFIGS = (
+    Config(common.MNIST, 128),
+    Config(common.MNIST, 1024),
+    Config(MNIST_WIDE, 256),
+    Config(common.CALIFORNIA_HOUSING, common.CALIFORNIA_HOUSING.defaults["batch_size"]),
+)
+EPOCH_BATCHES = (128, 1024)
+
+
+# -- inputs ------------------------------------------------------------------------------
+def random_batch(task: common.Task, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random examples shaped like ``task``'s data (features N(0, 1), labels uniform)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, *task.input_shape), dtype=np.float32)
+    if task.metric == "accuracy":
+        return x, rng.integers(0, task.outputs, n).astype(np.int32)
+    return x, rng.standard_normal((n, task.outputs), dtype=np.float32)
+
+
+def optimizer():
+    return train.sgd_with_clipping(LR, MAX_NORM, MOMENTUM)
+
+
+# -- timing ------------------------------------------------------------------------------
+Runner = Callable[[int], None]  # runner(k) runs k steps and waits for the result
+
+
+def calibrate(run: Runner, target_seconds: float) -> int:
+    """Steps per timed block so that a block lasts about ``target_seconds`` (after warming up)."""
+    run(2)
+    k = 1
+    while True:
+        start = time.perf_counter()
+        run(k)
+        elapsed = time.perf_counter() - start
+        if elapsed >= target_seconds / 4 or k >= 1 << 14:
+            return max(1, int(k * target_seconds / max(elapsed, 1e-9)))
+        k *= 4
+
+
+def time_interleaved(runners: dict[Any, Runner], rounds: int, block_seconds: float | None) -> dict[Any, float]:
+    """Median seconds per call of each runner, timed in turns (rotated order) over ``rounds`` rounds.
+
+    A block runs about ``block_seconds`` worth of calls (calibrated first), or one call when
+    ``block_seconds`` is None.
+    """
+    steps = {name: 1 if block_seconds is None else calibrate(run, block_seconds) for name, run in runners.items()}
+    samples: dict[Any, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            runners[name](steps[name])
+            samples[name].append((time.perf_counter() - start) / steps[name])
+    return {name: float(np.median(s)) for name, s in samples.items()}
+
+
+# -- the implementations -------------------------------------------------------------------
+def jax_step_runner(config: Config, grad: str) -> tuple[Runner, int]:
+    """A runner over the compiled, donating train step, and the step's XLA temp bytes."""
+    task = config.task
+    params = task.init(0)
+    opt = optimizer()
+    opt_state = opt.init(params)
+    batch = tuple(jax.device_put(a) for a in random_batch(task, config.batch))
+    compiled = train.make_train_step(task.model(), task.loss, opt, grad).lower(params, opt_state, batch).compile()
+    state = [params, opt_state]
+
+    def run(k: int) -> None:
+        p, s = state
+        for _ in range(k):
+            p, s, _ = compiled(p, s, batch)
+        jax.block_until_ready(p)
+        state[:] = [p, s]
+
+    return run, temp_bytes(compiled)
+
+
+def temp_bytes(compiled: Any) -> int | None:
+    analysis = compiled.memory_analysis()
+    return None if analysis is None else int(analysis.temp_size_in_bytes)
+
+
+def gemm_floor_runner(config: Config) -> tuple[Runner, int]:
+    """The step's matrix products alone, chained as in the step, as one jitted call.
+
+    Forward ``h[k+1] = h[k] @ w[k]``, then backward from a random output cotangent:
+    ``w_bar[k] = h[k].T @ g`` and ``g = g @ w[k].T`` (not for the first layer). No bias,
+    activation, loss, clipping or update: what is left is the time of the GEMMs themselves.
+    """
+    widths, b = config.widths, config.batch
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((b, widths[0]), dtype=np.float32)
+    ws = [rng.standard_normal((i, o), dtype=np.float32) / np.sqrt(i) for i, o in zip(widths[:-1], widths[1:])]
+    g = rng.standard_normal((b, widths[-1]), dtype=np.float32)
+    operands = jax.device_put((x, ws, g))
+
+    def products(x, ws, g):
+        hs = [x]
+        for w in ws:
+            hs.append(hs[-1] @ w)
+        w_bars = []
+        for k in reversed(range(len(ws))):
+            w_bars.append(lax.dot_general(hs[k], g, (((0,), (0,)), ((), ()))))
+            if k:
+                g = lax.dot_general(g, ws[k], (((1,), (1,)), ((), ())))
+        return hs[-1], w_bars
+
+    compiled = jax.jit(products).lower(*operands).compile()
+
+    def run(k: int) -> None:
+        out = None
+        for _ in range(k):
+            out = compiled(*operands)
+        jax.block_until_ready(out)
+
+    return run, temp_bytes(compiled)
+
+
+def torch_step_runner(config: Config) -> Runner | None:
+    """The same step in PyTorch eager (CPU): zero_grad, forward, loss, backward, clip_grad_norm_, SGD."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    from experiments.compare_torch import torch_model
+
+    task = config.task
+    model = torch_model(task, task.init(0))
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    x, y = random_batch(task, config.batch)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    if task.metric == "accuracy":
+        y, loss_fn = y.long(), F.cross_entropy
+    else:
+        loss_fn = F.mse_loss
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+            opt.step()
+
+    return run
+
+
+def peak_gflops(rounds: int, block_seconds: float) -> float:
+    """GFLOP/s of one large float32 matrix product (``PEAK_SIZE``³), the machine's GEMM rate."""
+    rng = np.random.default_rng(2)
+    a, b = (jax.device_put(rng.standard_normal((PEAK_SIZE, PEAK_SIZE), dtype=np.float32)) for _ in range(2))
+    matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+
+    def run(k: int) -> None:
+        out = None
+        for _ in range(k):
+            out = matmul(a, b)
+        jax.block_until_ready(out)
+
+    seconds = time_interleaved({"gemm": run}, rounds, block_seconds)["gemm"]
+    return 2 * PEAK_SIZE**3 / seconds / 1e9
+
+
+# -- the measurements ----------------------------------------------------------------------
+def step_rows(config: Config, rounds: int, block_seconds: float, with_torch: bool) -> list[dict]:
+    """One row per implementation for ``config``."""
+    runners, temps = {}, {}
+    for grad in train.GRADS:
+        runners[grad], temps[grad] = jax_step_runner(config, grad)
+    runners["gemm_floor"], temps["gemm_floor"] = gemm_floor_runner(config)
+    torch_run = torch_step_runner(config) if with_torch else None
+    if torch_run is not None:
+        runners["torch"], temps["torch"] = torch_run, None
+    seconds = time_interleaved(runners, rounds, block_seconds)
+    flops = config.matmul_flops()
+    return [
+        {
+            "model": config.model,
+            "batch": config.batch,
+            "impl": impl,
+            "step_ms": seconds[impl] * 1e3,
+            "gflops": flops / seconds[impl] / 1e9,
+            "temp_bytes": temps[impl],
+        }
+        for impl in IMPLS
+        if impl in seconds
+    ]
+
+
+def epoch_rows(batch: int, repeats: int, examples: int = EPOCH_EXAMPLES) -> list[dict]:
+    """One MNIST-shaped epoch: scanned (manual and reference gradients) and a Python loop over the step.
+
+    The loop gathers the epoch's shuffled batches on the device in one call, then calls the
+    jitted, donating train step once per batch: the least a per-step loop can do.
+    """
+    task = common.MNIST
+    config = Config(task, batch)
+    x, y = (jax.device_put(a) for a in random_batch(task, examples))
+    key = jax.random.PRNGKey(0)
+    steps = examples // batch
+
+    def fresh_state() -> tuple[Any, list]:
+        opt = optimizer()
+        params = task.init(0)
+        return opt, [params, opt.init(params)]
+
+    def scanned(grad: str) -> Runner:
+        opt, state = fresh_state()
+        epoch = train.make_epoch(task.model(), task.loss, opt, batch, grad).lower(*state, x, y, key).compile()
+
+        def run(k: int) -> None:
+            for e in range(k):
+                p, s, metrics = epoch(*state, x, y, train.epoch_key(key, e))
+                state[:] = [p, s]
+            jax.block_until_ready(metrics)
+
+        return run
+
+    def python_loop(grad: str) -> Runner:
+        opt, state = fresh_state()
+        step = train.make_train_step(task.model(), task.loss, opt, grad)
+        gather = jax.jit(lambda x, y, idx: (x[idx], y[idx]))
+
+        def run(k: int) -> None:
+            for e in range(k):
+                xs, ys = gather(x, y, train.epoch_permutation(train.epoch_key(key, e), examples, batch))
+                p, s = state
+                for i in range(steps):
+                    p, s, metrics = step(p, s, (xs[i], ys[i]))
+                state[:] = [p, s]
+            jax.block_until_ready(metrics)
+
+        return run
+
+    runners = {("scan", "manual"): scanned("manual"), ("scan", "reference"): scanned("reference"),
+               ("loop", "manual"): python_loop("manual")}
+    for run in runners.values():
+        run(1)  # compiles the loop's step and gather; warms the caches
+    seconds = time_interleaved(runners, repeats, block_seconds=None)
+    flops = steps * config.matmul_flops()
+    return [
+        {"model": config.model, "batch": batch, "epoch": mode, "grad": grad, "examples": examples, "steps": steps,
+         "epoch_ms": t * 1e3, "gflops": flops / t / 1e9}
+        for (mode, grad), t in seconds.items()
+    ]
+
+
+def device_description() -> str:
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        return f"cpu: {name}, {os.cpu_count()} cores"
+    return f"{d.platform}: {d.device_kind}"
+
+
+def benchmark(configs: Sequence[Config] = CONFIGS, *, rounds: int = 9, block_seconds: float = 0.2,
+              epoch_batches: Sequence[int] = EPOCH_BATCHES, epoch_repeats: int = 5,
+              epoch_examples: int = EPOCH_EXAMPLES, with_torch: bool = True,
+              progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Run every measurement; return the ``benchmark.json`` document."""
+    progress(f"large GEMM ({PEAK_SIZE}^3 float32)")
+    peak = peak_gflops(rounds, block_seconds)
+    rows = []
+    for config in configs:
+        progress(f"train step {config.model} batch {config.batch}")
+        rows += step_rows(config, rounds, block_seconds, with_torch)
+    epochs = []
+    for batch in epoch_batches:
+        progress(f"epoch {common.MNIST.architecture} batch {batch}")
+        epochs += epoch_rows(batch, epoch_repeats, epoch_examples)
+    for row in epochs:
+        row["fraction_of_peak"] = row["gflops"] / peak
+    versions = {"jax": jax.__version__, "python": platform.python_version()}
+    try:
+        import torch
+
+        versions["torch"] = torch.__version__
+        versions["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return {
+        "device": device_description(),
+        "gemm_peak_gflops": peak,
+        "rows": rows,
+        "epochs": epochs,
+        "versions": versions,
+        "settings": {"rounds": rounds, "block_seconds": block_seconds, "epoch_repeats": epoch_repeats,
+                     "optimizer": f"sgd_with_clipping(lr={LR}, max_norm={MAX_NORM}, momentum={MOMENTUM})"},
+    }
+
+
+# -- report --------------------------------------------------------------------------------
+def ratios(result: dict) -> dict[str, dict[str, float]]:
+    """Per ``model@batch``: every implementation's step time over the manual one."""
+    out: dict[str, dict[str, float]] = {}
+    for row in result["rows"]:
+        out.setdefault(f"{row['model']}@{row['batch']}", {})[row["impl"]] = row["step_ms"]
+    return {k: {impl: ms / v["manual"] for impl, ms in v.items()} for k, v in out.items()}
+
+
+def targets(result: dict) -> list[tuple[str, str, bool]]:
+    """The issue's targets: (what, measured, met)."""
+    r = ratios(result)
+    manual_over_ref = {k: 1 / v["reference"] for k, v in r.items()}
+    checks = [
+        ("manual / reference step time, median over configs <= 1.00",
+         f"{np.median(list(manual_over_ref.values())):.3f}", np.median(list(manual_over_ref.values())) <= 1.0),
+        ("manual / reference, every config <= 1.05",
+         ", ".join(f"{k} {v:.3f}" for k, v in manual_over_ref.items()), max(manual_over_ref.values()) <= 1.05),
+        ("explicit / manual, every config <= 1.10",
+         ", ".join(f"{k} {v['explicit']:.3f}" for k, v in r.items()), max(v["explicit"] for v in r.values()) <= 1.10),
+    ]
+    if all("torch" in v for v in r.values()):
+        for k, v in r.items():
+            need = 1.5 if int(k.split("@")[1]) >= 256 else 1.1
+            checks.append((f"torch / manual at {k} >= {need}", f"{v['torch']:.2f}", v["torch"] >= need))
+    for row in result["epochs"]:
+        if row["epoch"] == "scan" and row["grad"] == "manual":
+            need = 0.60 if row["batch"] <= 128 else 0.75
+            checks.append((f"scanned epoch, batch {row['batch']}: fraction of GEMM peak >= {need:.2f}",
+                           f"{row['fraction_of_peak']:.3f}", row["fraction_of_peak"] >= need))
+    temps = {(row["model"], row["batch"], row["impl"]): row["temp_bytes"] for row in result["rows"]}
+    for row in result["rows"]:
+        if row["impl"] == "manual" and row["temp_bytes"] is not None:
+            ref = temps[(row["model"], row["batch"], "reference")]
+            checks.append((f"temp bytes manual <= reference at {row['model']}@{row['batch']}",
+                           f"{row['temp_bytes']} vs {ref}", row["temp_bytes"] <= ref))
+    return checks
+
+
+def markdown(result: dict, command: str) -> str:
+    peak = result["gemm_peak_gflops"]
+    r = ratios(result)
+    lines = [
+        f"Measured {datetime.date.today().isoformat()} on {result['device']} "
+        f"({', '.join(f'{k} {v}' for k, v in result['versions'].items())}).",
+        f"Command: `{command}`",
+        "",
+        f"Large-GEMM rate ({PEAK_SIZE}³ float32): **{peak:.1f} GFLOP/s**.",
+        "",
+        "Train step (gradient + clip to global norm + SGD momentum). GFLOP/s counts the step's matrix products only;",
+        "ratio is step time over the manual step's.",
+        "",
+        "| model | batch | impl | step ms | GFLOP/s | % of GEMM rate | ratio | XLA temp bytes |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        ratio = r[f"{row['model']}@{row['batch']}"][row["impl"]]
+        temp = "–" if row["temp_bytes"] is None else f"{row['temp_bytes']:,}"
+        lines.append(
+            f"| {row['model']} | {row['batch']} | {row['impl']} | {row['step_ms']:.3f} | {row['gflops']:.1f} "
+            f"| {100 * row['gflops'] / peak:.0f}% | {ratio:.2f} | {temp} |"
+        )
+    lines += [
+        "",
+        f"One epoch ({common.MNIST.architecture}, random MNIST-shaped data): the scanned epoch is one compiled call",
+        "(`train.make_epoch`); the loop gathers the shuffled batches once, then calls the jitted step per batch.",
+        "",
+        "| batch | examples | epoch | grad | steps | epoch ms | GFLOP/s | % of GEMM rate |",
+        "|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for row in result["epochs"]:
+        lines.append(
+            f"| {row['batch']} | {row['examples']} | {row['epoch']} | {row['grad']} | {row['steps']} | {row['epoch_ms']:.1f} "
+            f"| {row['gflops']:.1f} | {100 * row['fraction_of_peak']:.0f}% |"
+        )
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {what} | {measured} | {'yes' if ok else '**no**'} |" for what, measured, ok in targets(result)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/benchmark", help="folder for benchmark.json and BENCHMARKS.md")
+    p.add_argument("--rounds", type=int, default=9, help="timed rounds per implementation (the median is reported)")
+    p.add_argument("--block-seconds", type=float, default=0.2, help="length of one timed block of steps")
+    p.add_argument("--epoch-repeats", type=int, default=5, help="timed epochs per epoch variant")
+    p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch rows")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run (seconds): the California Housing config, a 4096-example epoch, one short round")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.epoch_repeats < 1 or not args.block_seconds > 0:
+        p.error("--rounds and --epoch-repeats must be >= 1 and --block-seconds > 0")
+    configs, epoch_batches, epoch_examples = CONFIGS, EPOCH_BATCHES, EPOCH_EXAMPLES
+    if args.quick:
+        configs, epoch_batches, epoch_examples = (CONFIGS[-1],), (1024,), 4096
+        args.rounds, args.block_seconds, args.epoch_repeats = 1, 0.01, 1
+    result = benchmark(
+        configs, rounds=args.rounds, block_seconds=args.block_seconds, epoch_batches=epoch_batches,
+        epoch_repeats=args.epoch_repeats, epoch_examples=epoch_examples, with_torch=not args.no_torch,
+        progress=lambda s: print(f"measuring {s}", file=sys.stderr, flush=True),
+    )
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark.json").write_text(json.dumps(result, indent=2))
+    command = "python -m experiments.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = markdown(result, command.strip())
+    (out / "BENCHMARKS.md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
