@@ -151,8 +151,8 @@ def temp_bytes(compiled: Any) -> int | None:
     return None if analysis is None else int(analysis.temp_size_in_bytes)
 
 
-def gemm_floor_runner(config: Config) -> tuple[Runner, int]:
-    """The step's matrix products alone, chained as in the step, as one jitted call.
+def gemm_floor(config: Config) -> tuple[Any, tuple]:
+    """The step's matrix products alone, chained as in the step: ``(compiled, operands)``.
 
     Forward ``h[k+1] = h[k] @ w[k]``, then backward from a random output cotangent:
     ``w_bar[k] = h[k].T @ g`` and ``g = g @ w[k].T`` (not for the first layer). No bias,
@@ -176,7 +176,12 @@ def gemm_floor_runner(config: Config) -> tuple[Runner, int]:
                 g = lax.dot_general(g, ws[k], (((1,), (1,)), ((), ())))
         return hs[-1], w_bars
 
-    compiled = jax.jit(products).lower(*operands).compile()
+    return jax.jit(products).lower(*operands).compile(), operands
+
+
+def gemm_floor_runner(config: Config) -> tuple[Runner, int]:
+    """A runner over :func:`gemm_floor`, and its XLA temp bytes."""
+    compiled, operands = gemm_floor(config)
 
     def run(k: int) -> None:
         out = None

@@ -1,0 +1,69 @@
+"""experiments.benchmark: what it counts, what it writes, and the one target that is not a timing."""
+
+import json
+
+import pytest
+
+from experiments import benchmark, common
+
+
+def test_matmul_flops_counts_three_products_per_layer_but_the_first_input_gradient():
+    # 784-256-128-10 at batch 128: each product is 2 * batch * d_in * d_out FLOPs
+    forward = 2 * 128 * (784 * 256 + 256 * 128 + 128 * 10)
+    assert benchmark.Config(common.MNIST, 128).matmul_flops() == 3 * forward - 2 * 128 * 784 * 256
+    assert benchmark.Config(common.CALIFORNIA_HOUSING, 64).matmul_flops() == 3 * 2 * 64 * (8 * 64 + 64 * 64 + 64) - 2 * 64 * 8 * 64
+
+
+# the MNIST-shaped configs: with one output (California Housing) XLA turns the last layer's
+# products into multiply-reduce fusions, which its cost analysis counts differently
+@pytest.mark.parametrize("config", benchmark.CONFIGS[:3], ids=lambda c: f"{c.model}@{c.batch}")
+def test_gemm_floor_does_exactly_the_counted_flops(config):
+    compiled, _ = benchmark.gemm_floor(config)
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    # XLA also counts one FLOP per element of any transpose it inserts; the smallest product
+    # (the output layer's) is 0.25% of the total, so a missing or extra product fails this
+    assert analysis["flops"] == pytest.approx(config.matmul_flops(), rel=1e-3)
+
+
+@pytest.mark.parametrize("config", benchmark.CONFIGS, ids=lambda c: f"{c.model}@{c.batch}")
+def test_manual_step_needs_no_more_temp_memory_than_reference(config):
+    _, manual = benchmark.jax_step_runner(config, "manual")
+    _, reference = benchmark.jax_step_runner(config, "reference")
+    assert manual is not None and reference is not None
+    assert manual <= reference
+
+
+def _result(manual_ms: float, reference_ms: float, fraction: float) -> dict:
+    rows = [
+        {"model": "m", "batch": 128, "impl": impl, "step_ms": ms, "gflops": 1.0, "temp_bytes": temp}
+        for impl, ms, temp in [("manual", manual_ms, 10), ("explicit", manual_ms, 10), ("reference", reference_ms, 12),
+                               ("torch", 2 * manual_ms, None), ("gemm_floor", 0.5, 0)]
+    ]
+    epochs = [{"batch": 128, "epoch": "scan", "grad": "manual", "fraction_of_peak": fraction}]
+    return {"rows": rows, "epochs": epochs}
+
+
+def test_targets_pass_and_fail_on_the_measured_numbers():
+    met = {what: ok for what, _, ok in benchmark.targets(_result(1.0, 1.0, 0.61))}
+    assert all(met.values()), met
+    met = {what: ok for what, _, ok in benchmark.targets(_result(1.06, 1.0, 0.59))}
+    assert not met["manual / reference, every config <= 1.05"]
+    assert not met["manual / reference step time, median over configs <= 1.00"]
+    assert not met["scanned epoch, batch 128: fraction of GEMM peak >= 0.60"]
+    assert met["temp bytes manual <= reference at m@128"]
+
+
+def test_quick_run_writes_the_json_and_the_report(tmp_path, capsys):
+    assert benchmark.main(["--quick", "--no-torch", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    assert result["device"] and result["gemm_peak_gflops"] > 0
+    assert {r["impl"] for r in result["rows"]} == {"manual", "explicit", "reference", "gemm_floor"}
+    for row in result["rows"]:
+        assert row["model"] == "8-64-64-1" and row["batch"] == 64
+        assert row["step_ms"] > 0 and row["gflops"] > 0
+        assert isinstance(row["temp_bytes"], int)
+    assert {(r["epoch"], r["grad"]) for r in result["epochs"]} == {("scan", "manual"), ("scan", "reference"), ("loop", "manual")}
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| 8-64-64-1 | 64 | manual |" in report and "Command: `python -m experiments.benchmark --quick" in report
+    assert report in capsys.readouterr().out
