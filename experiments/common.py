@@ -42,8 +42,13 @@ class Task:
     defaults: dict[str, Any]
 
     @property
+    def widths(self) -> list[int]:
+        """Layer widths, input first: ``[784, 256, 128, 10]`` for MNIST."""
+        return [int(np.prod(self.input_shape)), *self.hidden, self.outputs]
+
+    @property
     def architecture(self) -> str:
-        return "-".join(str(d) for d in (int(np.prod(self.input_shape)), *self.hidden, self.outputs))
+        return "-".join(str(d) for d in self.widths)
 
     def model(self) -> nn.Layer:
         """The MLP: flatten, then Linear+ReLU per hidden size, then a Linear output layer."""

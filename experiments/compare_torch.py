@@ -25,7 +25,7 @@ import json
 import pathlib
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -52,6 +52,20 @@ def torch_model(task: common.Task, params: Any):
     return torch.nn.Sequential(*layers)
 
 
+def torch_loss(task: common.Task) -> Callable:
+    """The task's loss in PyTorch: ``cross_entropy`` on class ids, or ``mse_loss``."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy if task.metric == "accuracy" else F.mse_loss
+
+
+def torch_labels(task: common.Task, y: np.ndarray):
+    """Targets as the torch loss wants them: int64 class ids, or float regression targets (a copy)."""
+    import torch
+
+    return torch.tensor(y).long() if task.metric == "accuracy" else torch.tensor(y)
+
+
 def torch_params(model) -> list[np.ndarray]:
     """The torch model's parameters in the order and layout of the JAX params' leaves (b before w)."""
     import torch
@@ -71,10 +85,9 @@ def run_torch(task: common.Task, args: argparse.Namespace, ds: data.Dataset, par
     torch.manual_seed(args.seed)
     model = torch_model(task, params)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-    loss_fn = F.cross_entropy if task.metric == "accuracy" else F.mse_loss
+    loss_fn = torch_loss(task)
     x, x_test = torch.tensor(ds.x_train), torch.tensor(ds.x_test)
-    cast = (lambda y: torch.tensor(y).long()) if task.metric == "accuracy" else torch.tensor
-    y, y_test = cast(ds.y_train), cast(ds.y_test)
+    y, y_test = torch_labels(task, ds.y_train), torch_labels(task, ds.y_test)
     key, step = common.shuffle_key(args.seed), 0
     run: dict[str, Any] = {"epoch_seconds": [], "train_loss": [], "params": []}
     for epoch in range(1, args.epochs + 1):
