@@ -54,6 +54,7 @@ import numpy as np
 
 __all__ = [
     "Op",
+    "Residuals",
     "Example",
     "defop",
     "register",
@@ -63,25 +64,59 @@ __all__ = [
     "describe",
 ]
 
-_REFERENCE_MODE: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "manualgrad_reference_mode", default=False
-)
+def _reference_mode_state() -> Any:
+    """The reference-mode switch as a JAX config state that is part of every jit cache key.
+
+    A function jitted outside :func:`reference_mode` and called inside it must not replay
+    its cached manual trace (a wrong backward would then "agree" with its reference), so
+    the switch is registered like ``jax_default_matmul_precision``: JAX retraces when it
+    changes. This uses JAX's config registry (``jax._src.config.bool_state``); where a JAX
+    version lacks it, a context variable is used and :data:`REFERENCE_MODE_IN_JIT_KEY` is
+    False (then enter the context inside the jitted function).
+    """
+    try:
+        from jax._src import config as jax_config
+
+        return jax_config.bool_state(
+            "manualgrad_reference_mode",
+            False,
+            help="Run every manualgrad op's plain reference instead of its hand-written VJP.",
+            include_in_jit_key=True,
+            include_in_trace_context=True,
+        ), True
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover - other JAX versions
+        var: contextvars.ContextVar[bool] = contextvars.ContextVar("manualgrad_reference_mode", default=False)
+
+        class _State:
+            @property
+            def value(self) -> bool:
+                return var.get()
+
+            @contextlib.contextmanager
+            def __call__(self, on: bool) -> Iterator[None]:
+                token = var.set(on)
+                try:
+                    yield
+                finally:
+                    var.reset(token)
+
+        return _State(), False
+
+
+_REFERENCE_MODE, REFERENCE_MODE_IN_JIT_KEY = _reference_mode_state()
 
 
 @contextlib.contextmanager
-def reference_mode() -> Iterator[None]:
+def reference_mode(enabled: bool = True) -> Iterator[None]:
     """Run every op's plain reference instead of its hand-written VJP.
 
     Inside this context ``jax.grad`` differentiates the references, which is the
-    baseline every manual rule is checked against, and forward mode works.
-    The switch is read while tracing, so a jitted function must enter the context
-    inside its own body.
+    baseline every manual rule is checked against, and forward mode works. The switch
+    is part of JAX's jit cache key, so a function jitted outside the context and called
+    inside it is traced again with the references (never replayed from its manual trace).
     """
-    token = _REFERENCE_MODE.set(True)
-    try:
+    with _REFERENCE_MODE(enabled):
         yield
-    finally:
-        _REFERENCE_MODE.reset(token)
 
 
 def fail(where: str, message: str) -> None:
@@ -106,6 +141,14 @@ class Example:
     args: tuple
     params: dict = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """The example's shapes and static params, e.g. ``x(4, 3) w(3, 5) b(5,)``, for reports."""
+        shapes = " ".join(
+            str(jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), a)).replace(" ", "") for a in self.args
+        )
+        params = " ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{shapes} {params}".strip()
+
 
 @dataclass(frozen=True)
 class Registered:
@@ -123,11 +166,41 @@ def register(op: "Op", examples: Callable[[np.random.Generator], Sequence[Exampl
     float64 NumPy arrays (integer arrays for labels); the checks cast them to the
     dtype under test. Shapes must not depend on ``rng``, so that examples drawn with
     different generators can be stacked for ``vmap``.
+
+    Ops are keyed by their module-qualified name (``my_project.layers.swish``), so two
+    modules' ops of the same name do not collide, and defining an op again (re-running a
+    notebook cell) replaces the earlier definition.
     """
-    if op.name in REGISTRY and REGISTRY[op.name].op is not op:
-        raise ValueError(f"manualgrad.core.register: an op named {op.name!r} is already registered")
     REGISTRY[op.name] = Registered(op, examples)
     return op
+
+
+@jax.tree_util.register_pytree_node_class
+class Residuals:
+    """What :meth:`Op.fwd` returns as ``res``: the rule's own residuals plus, as static data,
+    the static params and each primal's structure, shapes and dtypes, so that :meth:`Op.bwd`
+    can hand back cotangents that match their primals (and refuse ones that do not)."""
+
+    def __init__(self, values: Any, static: tuple, primals: tuple, compute_dtype: Any):
+        self.values = values  # the hand-written fwd's residuals
+        self.static = static  # sorted (name, value) pairs
+        self.primals = primals  # per array argument: (treedef, ((shape, dtype), ...))
+        self.compute_dtype = compute_dtype  # result_type of every floating input
+
+    def tree_flatten(self):
+        return (self.values,), (self.static, self.primals, self.compute_dtype)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children[0], *aux)
+
+    def __repr__(self) -> str:
+        return f"Residuals({self.values!r})"
+
+
+def _avals(tree: Any) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((tuple(np.shape(a)), jnp.result_type(a)) for a in leaves)
 
 
 class Op:
@@ -163,6 +236,7 @@ class Op:
         """Attach the forward-with-residuals ``fwd(*args, **static) -> (y, res)`` and the
         backward ``bwd(res, g, **static) -> tuple`` (one cotangent per array argument)."""
         self._fwd, self._bwd = fwd, bwd
+        self._custom_vjp.cache_clear()
         return self
 
     @property
@@ -201,45 +275,94 @@ class Op:
     # -- the three entry points ----------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         arrays, static = self.bind(args, kwargs)
-        if _REFERENCE_MODE.get():
+        if _REFERENCE_MODE.value:
             return self.reference(*arrays, **static)
         self._require_complete()
         return self._custom_vjp(tuple(sorted(static.items())))(*arrays)
 
-    def fwd(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        """The validated forward with residuals: ``(y, res)``. No custom_vjp dispatch."""
+    def fwd(self, *args: Any, **kwargs: Any) -> tuple[Any, Residuals]:
+        """The validated forward with residuals: ``(y, res)``. No custom_vjp dispatch.
+
+        ``res`` is a :class:`Residuals` holding the rule's residuals (``res.values``) and
+        what :meth:`bwd` needs to know about the primals."""
         self._require_complete()
         arrays, static = self.bind(args, kwargs)
-        return self._fwd(*arrays, **static)
+        return self._forward(arrays, tuple(sorted(static.items())))
 
-    def bwd(self, res: Any, g: Any, **static: Any) -> tuple:
-        """The hand-written backward: one cotangent per array argument (``None`` for constants)."""
+    def _forward(self, arrays: tuple, static_items: tuple) -> tuple[Any, Residuals]:
+        y, values = self._fwd(*arrays, **dict(static_items))
+        floats = [
+            jnp.result_type(leaf)
+            for leaf in jax.tree_util.tree_leaves(arrays)
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+        ]
+        compute_dtype = jnp.result_type(*floats) if floats else None
+        return y, Residuals(values, static_items, tuple(_avals(a) for a in arrays), compute_dtype)
+
+    def bwd(self, res: Residuals, g: Any) -> tuple:
+        """The hand-written backward: one cotangent per array argument (``None`` for constants).
+
+        Every cotangent comes back with its primal's structure, shapes and dtype. A rule may
+        compute in the dtype the forward computed in (the promotion of all its inputs, e.g.
+        float64 for a float32 prediction against a float64 target, as ``jax.grad`` of the
+        reference does); such a cotangent is cast to its primal's dtype. Any other shape,
+        dtype or structure is a ``TypeError`` naming the op and the argument.
+        """
         self._require_complete()
-        cts = tuple(self._bwd(res, g, **static))
+        if not isinstance(res, Residuals):
+            raise TypeError(f"{self.name}: bwd takes the res that {self.name}.fwd returned, got {type(res).__name__}")
+        cts = tuple(self._bwd(res.values, g, **dict(res.static)))
         if len(cts) != len(self.arg_names):
             raise TypeError(
                 f"{self.name}: bwd returned {len(cts)} cotangents for "
                 f"{len(self.arg_names)} array arguments {self.arg_names}"
             )
-        return tuple(None if n in self.constant else ct for n, ct in zip(self.arg_names, cts))
+        return tuple(
+            None if n in self.constant else self._conform(n, ct, primal, res.compute_dtype)
+            for n, ct, primal in zip(self.arg_names, cts, res.primals)
+        )
+
+    def _conform(self, name: str, ct: Any, primal: tuple, compute_dtype: Any) -> Any:
+        """``ct`` checked against its primal's structure and shapes, in the primal's dtype."""
+        treedef, avals = primal
+        leaves, ct_treedef = jax.tree_util.tree_flatten(ct)
+        if ct_treedef != treedef:
+            raise TypeError(f"{self.name}: bwd returned {name}_bar with structure {ct_treedef}, but {name} has {treedef}")
+        out = []
+        for leaf, (shape, dtype) in zip(leaves, avals):
+            got_shape, got_dtype = tuple(np.shape(leaf)), jnp.result_type(leaf)
+            if got_shape != shape:
+                raise TypeError(
+                    f"{self.name}: bwd returned {name}_bar.shape={got_shape} for {name}.shape={shape}; "
+                    "a cotangent has exactly its primal's shape (sum over broadcast axes)"
+                )
+            if got_dtype != dtype:
+                if got_dtype != compute_dtype or not jnp.issubdtype(got_dtype, jnp.floating):
+                    raise TypeError(
+                        f"{self.name}: bwd returned {name}_bar of dtype {got_dtype} for {name} of dtype {dtype}; "
+                        f"a cotangent has its primal's dtype (or the forward's computing dtype {compute_dtype}, "
+                        "which is cast back)"
+                    )
+                leaf = leaf.astype(dtype)
+            out.append(leaf)
+        return jax.tree_util.tree_unflatten(treedef, out)
 
     def _make_custom_vjp(self, static_items: tuple) -> Callable:
-        static = dict(static_items)
-
         @jax.custom_vjp
         def f(*arrays):
-            return self._fwd(*arrays, **static)[0]
+            return self._fwd(*arrays, **dict(static_items))[0]
 
-        f.defvjp(lambda *arrays: self._fwd(*arrays, **static), lambda res, g: self.bwd(res, g, **static))
+        f.defvjp(lambda *arrays: self._forward(arrays, static_items), self.bwd)
         return f
 
 
 def _qualified_name(fn: Callable) -> str:
-    """``manualgrad.ops.relu`` for the library's ops (their public home), else the bare name."""
+    """``manualgrad.ops.relu`` for the library's ops (their public home), else the
+    module-qualified name, e.g. ``my_project.layers.swish`` or ``__main__.swish``."""
     parts = (fn.__module__ or "").split(".")
     if parts[0] == "manualgrad":
         return ".".join(parts[:2] + [fn.__name__])
-    return fn.__name__
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def defop(

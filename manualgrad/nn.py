@@ -157,7 +157,7 @@ def from_op(op: Op, name: str | None = None, output_shape: Callable[[tuple], tup
         return op.fwd(x, **static)
 
     def bwd(res, y_bar):
-        (x_bar,) = op.bwd(res, y_bar, **static)
+        (x_bar,) = op.bwd(res, y_bar)
         return (), x_bar
 
     return _primitive(name, init, apply, fwd, bwd)

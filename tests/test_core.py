@@ -52,15 +52,38 @@ def test_a_wrong_backward_is_caught():
     assert not check_vjp(wrong, x, method="fd").passed
 
 
-def test_registering_adds_to_the_registry():
+def test_registering_adds_to_the_registry_and_redefining_replaces():
     cube = make_cube()
     mg.register(cube, _cube_examples)
     try:
         assert REGISTRY["test.cube"].op is cube
-        with pytest.raises(ValueError, match="already registered"):
-            mg.register(make_cube(), _cube_examples)
+        again = make_cube()  # a notebook cell run twice: the new definition wins, no error
+        mg.register(again, _cube_examples)
+        assert REGISTRY["test.cube"].op is again
     finally:
         del REGISTRY["test.cube"]
+
+
+def test_ops_register_under_their_module_qualified_name():
+    def swish_examples(rng):
+        return [Example((rng.normal(size=3),))]
+
+    made = {}
+    for module in ("project_a.layers", "project_b.layers"):
+        def swish(x):
+            """``y = x sigmoid(x)``; ``x_bar = g (s + x s (1 - s))``."""
+            return x * jax.nn.sigmoid(x)
+
+        swish.__module__ = module
+        made[module] = defop(examples=swish_examples)(swish)
+    try:
+        assert made["project_a.layers"].name.startswith("project_a.layers.")
+        assert made["project_b.layers"].name.startswith("project_b.layers.")
+        assert REGISTRY[made["project_a.layers"].name].op is made["project_a.layers"]
+        assert REGISTRY[made["project_b.layers"].name].op is made["project_b.layers"]
+    finally:
+        for op in made.values():
+            del REGISTRY[op.name]
 
 
 def test_an_op_without_vjp_says_so():
