@@ -220,6 +220,7 @@ def run(task: Task, args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         key=shuffle_key(args.seed),
         grad=args.grad,
+        metric=task.metric,
         checkpoint_path=out / CHECKPOINT,
         resume=args.resume,
         config={k: config[k] for k in RESUME_MUST_MATCH},

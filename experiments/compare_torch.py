@@ -157,6 +157,7 @@ def run_jax(task: common.Task, args: argparse.Namespace, ds: data.Dataset, param
         epochs=args.epochs,
         batch_size=args.batch_size,
         key=common.shuffle_key(args.seed),
+        metric=task.metric,
         on_epoch=lambda entry, p: snapshots.append(jax.device_get(jax.tree_util.tree_leaves(p))),
     )
     return {"history": history, "params": snapshots}

@@ -10,6 +10,7 @@ the whole transcript.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -18,13 +19,39 @@ from manualgrad import trace as _trace
 from manualgrad.core import Op
 from manualgrad.nn import Layer
 
-__all__ = ["value_and_grad"]
+__all__ = ["value_and_grad", "as_loss_op"]
+
+
+def as_loss_op(loss: Any, where: str) -> tuple[Op, dict[str, Any]]:
+    """``(op, static)`` for a loss given as an op or as ``functools.partial(op, **static)``.
+
+    The explicit pass runs the loss's own hand-written ``fwd`` and ``bwd``, so a plain
+    function (which has none) is refused with a ``TypeError`` that says what to pass.
+    """
+    if isinstance(loss, Op):
+        return loss, {}
+    if isinstance(loss, functools.partial) and isinstance(loss.func, Op) and not loss.args:
+        op, static = loss.func, dict(loss.keywords)
+        unknown = sorted(set(static) - set(op.static))
+        if not unknown:
+            return op, static
+        raise TypeError(
+            f"{where}: functools.partial({op.name}, ...) fixes {unknown}, which are not static params of "
+            f"the op (its static params: {list(op.static)}); targets are passed at call time"
+        )
+    raise TypeError(
+        f"{where}: loss must be a manualgrad op such as manualgrad.losses.mse (or functools.partial of one "
+        f"fixing static params by keyword), got {loss!r}. The explicit pass runs the loss's own fwd/bwd "
+        "rules, which a plain function does not have: make it an op with manualgrad.defop, or use "
+        "grad='manual' (jax.grad through the ops it calls)."
+    )
 
 
 def value_and_grad(model: Layer, loss: Op, *, trace: bool = False) -> Callable[..., tuple]:
     """Return ``f(params, x, target) -> (loss_value, grads)`` computed by explicit backprop.
 
-    ``loss`` is an op taking ``(prediction, target)``; for a ``fanout`` model the
+    ``loss`` is an op taking ``(prediction, target)``, or ``functools.partial`` of one that
+    fixes static params by keyword (its own ``fwd``/``bwd`` rules are run); for a ``fanout`` model the
     prediction and the target are tuples (see :func:`manualgrad.losses.multitask`).
     ``grads`` has the structure of ``params``. With ``trace=True`` the function returns
     ``(loss_value, grads, trace)``, where ``trace`` (a :class:`manualgrad.trace.Trace`)
@@ -33,12 +60,14 @@ def value_and_grad(model: Layer, loss: Op, *, trace: bool = False) -> Callable[.
     entry. ``print(trace)`` gives a step-by-step transcript. The function is jittable.
     """
 
+    op, static = as_loss_op(loss, "manualgrad.backprop.value_and_grad")
+
     def run(params: Any, x: Any, target: Any) -> tuple:
         with _trace.recording(enabled=trace) as tape:
             y, res = model.fwd(params, x)
-            value, loss_res = loss.fwd(y, target)
-            y_bar = loss.bwd(loss_res, jnp.ones_like(value))[0]
-            slot = _trace.record_forward(loss.name, y, value)
+            value, loss_res = op.fwd(y, target, **static)
+            y_bar = op.bwd(loss_res, jnp.ones_like(value))[0]
+            slot = _trace.record_forward(op.name, y, value)
             _trace.record_backward(slot, jnp.ones_like(value), (), y_bar)
             grads, _ = model.bwd(res, y_bar)
         if trace:

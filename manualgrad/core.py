@@ -304,8 +304,8 @@ class Op:
 
         Every cotangent comes back with its primal's structure, shapes and dtype. A rule may
         compute in the dtype the forward computed in (the promotion of all its inputs, e.g.
-        float64 for a float32 prediction against a float64 target, as ``jax.grad`` of the
-        reference does); such a cotangent is cast to its primal's dtype. Any other shape,
+        float64 for a float32 prediction against a float64 target, or the dtype of ``g``), as
+        ``jax.grad`` of the reference does; such a cotangent is cast to its primal's dtype. Any other shape,
         dtype or structure is a ``TypeError`` naming the op and the argument.
         """
         self._require_complete()
@@ -317,8 +317,10 @@ class Op:
                 f"{self.name}: bwd returned {len(cts)} cotangents for "
                 f"{len(self.arg_names)} array arguments {self.arg_names}"
             )
+        floats = [jnp.result_type(a) for a in jax.tree_util.tree_leaves(g)] + [res.compute_dtype]
+        compute_dtype = jnp.result_type(*[d for d in floats if d is not None and jnp.issubdtype(d, jnp.floating)])
         return tuple(
-            None if n in self.constant else self._conform(n, ct, primal, res.compute_dtype)
+            None if n in self.constant else self._conform(n, ct, primal, compute_dtype)
             for n, ct, primal in zip(self.arg_names, cts, res.primals)
         )
 

@@ -300,6 +300,7 @@ def multitask(*losses: Op) -> Op:
         smooth=all(l.smooth for l in losses),
     )
     op.__doc__ = multitask.__doc__
+    op.parts = losses  # each head's loss, for per-head evaluation
     return op.defvjp(fwd, bwd)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from manualgrad import backprop, checkpoint
+from manualgrad.trees import num_examples, take
 from manualgrad.core import Op, reference_mode
 from manualgrad.nn import Layer
 
@@ -44,13 +45,14 @@ __all__ = [
     "epoch_permutation",
     "check_finite",
     "evaluate",
+    "METRICS",
     "History",
     "fit",
 ]
 
 GRADS = ("manual", "explicit", "reference")
 
-Batch = tuple[jax.Array, jax.Array]
+Batch = tuple[Any, Any]
 
 
 class NonFiniteError(FloatingPointError):
@@ -172,7 +174,8 @@ def make_epoch(
 ) -> Callable[[Any, Any, jax.Array, jax.Array, jax.Array], tuple[Any, Any, dict]]:
     """One whole epoch as a single jitted call: ``(params, opt_state, x, y, key) -> (params, opt_state, metrics)``.
 
-    ``x`` and ``y`` are the whole training set, resident on the device. The epoch draws a
+    ``x`` and ``y`` are the whole training set, resident on the device (arrays, or pytrees of
+    arrays with a common leading axis, such as one target per head). The epoch draws a
     permutation from ``key`` (see :func:`epoch_permutation`: the last ``n % batch_size``
     examples of each epoch's permutation are dropped), then ``lax.scan`` runs the update of
     :func:`make_update` over the ``n // batch_size`` batches, gathering each batch on the
@@ -184,15 +187,13 @@ def make_epoch(
     update = make_update(model, loss, optimizer, grad)
 
     def epoch(params, opt_state, x, y, key):
-        n = x.shape[0]
-        if y.shape[0] != n:
-            raise ValueError(f"manualgrad.train.epoch: x has {n} examples but y has {y.shape[0]}")
+        n = num_examples("manualgrad.train.epoch", x=x, y=y)
         if n < batch_size:
             raise ValueError(f"manualgrad.train.epoch: {n} examples make no batch of batch_size={batch_size}")
 
         def body(carry, idx):
             params, opt_state = carry
-            params, opt_state, metrics = update(params, opt_state, x[idx], y[idx])
+            params, opt_state, metrics = update(params, opt_state, take(x, idx), take(y, idx))
             return (params, opt_state), metrics
 
         (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), epoch_permutation(key, n, batch_size))
@@ -218,6 +219,46 @@ def check_finite(metrics: dict, epoch: int, first_step: int = 1) -> None:
         )
 
 
+def _accuracy(pred: jax.Array, y: jax.Array) -> tuple[jax.Array, int]:
+    """Correct argmax predictions: ``y`` class ids of shape ``pred.shape[:-1]``, or one-hot rows /
+    probabilities of ``pred``'s shape (the class with the largest probability is the right one)."""
+    want = y if jnp.issubdtype(y.dtype, jnp.integer) else jnp.argmax(y, axis=-1)
+    return jnp.sum(jnp.argmax(pred, axis=-1) == want), want.size
+
+
+def _binary_accuracy(pred: jax.Array, y: jax.Array) -> tuple[jax.Array, int]:
+    """Correct yes/no decisions of logits (``pred > 0``) against 0/1 (or probability) targets (``y > 0.5``)."""
+    return jnp.sum((pred > 0) == (y > 0.5)), y.size
+
+
+def _mse(pred: jax.Array, y: jax.Array) -> tuple[jax.Array, int]:
+    """Squared errors over every element."""
+    return jnp.sum(jnp.square(pred.astype(jnp.result_type(pred, y)) - y)), y.size
+
+
+#: name -> per-chunk ``(sum, count)`` of a test metric; :func:`evaluate` reports ``sum / count``.
+METRICS: dict[str, Callable[[jax.Array, jax.Array], tuple[jax.Array, int]]] = {
+    "accuracy": _accuracy,
+    "binary_accuracy": _binary_accuracy,
+    "mse": _mse,
+}
+
+
+def _check_metric(metric: Any, y: Any) -> tuple:
+    """``metric`` as one entry (a name or None) per target; tuple targets need one per head."""
+    heads = isinstance(y, tuple)
+    metrics = metric if isinstance(metric, tuple) else ((metric,) * len(y) if heads and metric is None else (metric,))
+    if len(metrics) != (len(y) if heads else 1):
+        raise ValueError(
+            f"manualgrad.train.evaluate: metric={metric!r} gives {len(metrics)} metrics for "
+            f"{len(y) if heads else 1} target(s); give one name (or None) per head"
+        )
+    for m in metrics:
+        if m is not None and m not in METRICS:
+            raise ValueError(f"manualgrad.train.evaluate: metric must be one of {tuple(METRICS)} or None, got {m!r}")
+    return metrics
+
+
 def evaluate(
     model: Layer,
     params: Any,
@@ -225,49 +266,61 @@ def evaluate(
     y: Any,
     loss: Op,
     *,
+    metric: str | None | tuple[str | None, ...] = None,
     batch_size: int = 8192,
 ) -> dict[str, float]:
-    """Mean loss over ``(x, y)``, plus ``"accuracy"`` for integer class labels or ``"mse"`` otherwise.
+    """Mean loss over ``(x, y)`` and the test metric you name.
+
+    ``metric`` is one of :data:`METRICS`: ``"accuracy"`` (argmax against class ids, one-hot
+    rows or probabilities), ``"binary_accuracy"`` (logits against 0/1 targets, for
+    binary cross-entropy) or ``"mse"`` (regression), or ``None`` for the loss alone. For a
+    two-head model (``y`` a tuple with one target per head) give a tuple with one metric per
+    head; the result then holds ``head{i}_{metric}`` and, when ``loss`` is a
+    :func:`manualgrad.losses.multitask`, each head's own ``head{i}_loss``.
 
     Runs in chunks of ``batch_size`` examples (one compilation for the full chunks and one
     for the remainder) and weights each chunk by its size, so the result is the mean over
     all examples whatever the chunking.
     """
-    n = len(x)
-    classify = jnp.issubdtype(y.dtype, jnp.integer)
+    n = num_examples("manualgrad.train.evaluate", x=x, y=y)
+    metrics = _check_metric(metric, y)
     totals: dict[str, float] = {}
     for start in range(0, n, batch_size):
-        xb, yb = jnp.asarray(x[start : start + batch_size]), jnp.asarray(y[start : start + batch_size])
-        for k, v in _evaluate_chunk(model, loss, classify, params, xb, yb).items():
+        chunk = slice(start, start + batch_size)
+        xb, yb = (jax.tree_util.tree_map(lambda a: jnp.asarray(a[chunk]), t) for t in (x, y))
+        for k, v in _evaluate_chunk(model, loss, metrics, params, xb, yb).items():
             totals[k] = totals.get(k, 0.0) + float(v)
-    out = {"loss": totals["loss"] / n}
-    if classify:
-        out["accuracy"] = totals["correct"] / n
-    else:
-        out["mse"] = totals["squared_error"] / (n * int(np.prod(np.shape(y)[1:])))
-    return out
+    return {k: totals[k] / (n if k.endswith("loss") else totals[f"{k}/count"]) for k in totals if not k.endswith("/count")}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _evaluate_chunk(model, loss, classify, params, x, y):
-    """Sums over the chunk: loss times its size, and correct predictions or squared errors."""
+def _evaluate_chunk(model, loss, metrics, params, x, y):
+    """Sums over the chunk: losses times its size, and each metric's sum and count."""
     pred = model.apply(params, x)
-    out = {"loss": loss(pred, y) * x.shape[0]}
-    if classify:
-        out["correct"] = jnp.sum(jnp.argmax(pred, axis=-1) == y)
-    else:
-        out["squared_error"] = jnp.sum((pred - y) ** 2)
+    m = num_examples("manualgrad.train.evaluate", x=x)
+    out = {"loss": loss(pred, y) * m}
+    heads = isinstance(y, tuple)
+    preds, ys = (pred, y) if heads else ((pred,), (y,))
+    parts = getattr(loss, "parts", None)
+    for i, (p, t, metric) in enumerate(zip(preds, ys, metrics)):
+        prefix = f"head{i}_" if heads else ""
+        if heads and parts is not None:
+            out[f"{prefix}loss"] = parts[i](p, t) * m
+        if metric is not None:
+            total, count = METRICS[metric](p, t)
+            out[f"{prefix}{metric}"], out[f"{prefix}{metric}/count"] = total, count
     return out
 
 
-
 class History(NamedTuple):
-    """What :func:`fit` returns: final params and optimizer state, and one dict per epoch."""
+    """What :func:`fit` returns: final params and optimizer state, one dict per epoch, and the
+    training loss of every step (one list per epoch)."""
 
     params: Any
     opt_state: Any
     epochs: list[dict[str, float]]
     compile_seconds: float
+    step_losses: list[list[float]]
 
 
 def fit(
@@ -281,6 +334,7 @@ def fit(
     batch_size: int,
     key: jax.Array,
     grad: str = "manual",
+    metric: str | None | tuple[str | None, ...] = None,
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     config: dict[str, Any] | None = None,
@@ -288,8 +342,9 @@ def fit(
 ) -> History:
     """Train for ``epochs`` scanned epochs, evaluating on the test split after each.
 
-    ``data`` has ``x_train, y_train, x_test, y_test`` (a :class:`manualgrad.data.Dataset`);
-    the training and test arrays are moved to the device once. Epoch ``e`` (1-based) shuffles with
+    ``data`` has ``x_train, y_train, x_test, y_test`` (a :class:`manualgrad.data.Dataset`;
+    each an array or a pytree of arrays, e.g. one target per head); they are moved to the
+    device once. ``metric`` names the test metric (see :func:`evaluate`). Epoch ``e`` (1-based) shuffles with
     ``epoch_key(key, e)``. Each epoch's entry holds ``epoch``, ``train_loss`` (mean over its
     steps), ``grad_norm_max`` (largest raw gradient norm), ``seconds`` (training time, without
     compilation, which is done ahead and reported as ``compile_seconds``), and the test
@@ -307,21 +362,22 @@ def fit(
     e.g. with ``jax.device_get``, to keep them: the next epoch reuses their buffers).
     """
     history: list[dict[str, float]] = []
+    step_losses: list[list[float]] = []
     params = jax.tree_util.tree_map(jnp.array, params)  # a copy: the epochs donate their input buffers
     opt_state = optimizer.init(params)
     if resume:
         if checkpoint_path is None:
             raise ValueError("manualgrad.train.fit: resume=True needs a checkpoint_path")
         (params, opt_state), meta = checkpoint.load(checkpoint_path, (params, opt_state))
-        history = meta["history"]
+        history, step_losses = meta["history"], meta.get("step_losses", [])
         stored = meta.get("config") or {}
         changed = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in (config or {}).items() if stored.get(k) != v]
         if changed:
             raise checkpoint.CheckpointError(
                 f"manualgrad.train.fit: {checkpoint_path} was written with other settings ({'; '.join(changed)})"
             )
-    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+    x, y, x_test, y_test = jax.tree_util.tree_map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test))
+    _check_metric(metric, y_test)
     start = time.perf_counter()
     run_epoch = make_epoch(model, loss, optimizer, batch_size, grad).lower(params, opt_state, x, y, key).compile()
     compile_seconds = time.perf_counter() - start
@@ -331,7 +387,7 @@ def fit(
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - start
         check_finite(metrics, epoch)
-        test = evaluate(model, params, x_test, y_test, loss)
+        test = evaluate(model, params, x_test, y_test, loss, metric=metric)
         entry = {
             "epoch": epoch,
             "train_loss": float(np.mean(metrics["loss"])),
@@ -340,8 +396,10 @@ def fit(
             **{f"test_{k}": v for k, v in test.items()},
         }
         history.append(entry)
+        step_losses.append(np.asarray(metrics["loss"], np.float64).tolist())
         if checkpoint_path is not None:
-            checkpoint.save(checkpoint_path, (params, opt_state), {"history": history, "config": config})
+            meta = {"history": history, "step_losses": step_losses, "config": config}
+            checkpoint.save(checkpoint_path, (params, opt_state), meta)
         if on_epoch is not None:
             on_epoch(entry, params)
-    return History(params, opt_state, history, compile_seconds)
+    return History(params, opt_state, history, compile_seconds, step_losses)

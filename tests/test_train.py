@@ -148,13 +148,13 @@ def test_evaluate_matches_numpy_whatever_the_chunking():
     logits = np.asarray(model.apply(params, x))
     want = np.mean(np.argmax(logits, -1) == np.asarray(y))
     for batch_size in (7, 50, 1000):
-        got = train.evaluate(model, params, x, y, losses.softmax_cross_entropy, batch_size=batch_size)
+        got = train.evaluate(model, params, x, y, losses.softmax_cross_entropy, metric="accuracy", batch_size=batch_size)
         np.testing.assert_allclose(got["accuracy"], want, rtol=1e-12)
         np.testing.assert_allclose(got["loss"], float(losses.softmax_cross_entropy(logits, y)), rtol=1e-10)
     reg = nn.serial(nn.Linear(1))
     _, rp = reg.init(jax.random.PRNGKey(1), (-1, 5))
     rp, t = as_float64(rp), jnp.asarray(np.random.default_rng(2).normal(size=(50, 1)))
-    got = train.evaluate(reg, rp, x, t, losses.mse, batch_size=8)
+    got = train.evaluate(reg, rp, x, t, losses.mse, metric="mse", batch_size=8)
     np.testing.assert_allclose(got["mse"], np.mean((np.asarray(reg.apply(rp, x)) - np.asarray(t)) ** 2), rtol=1e-10)
 
 
@@ -218,3 +218,111 @@ def test_check_finite_names_the_first_bad_step():
     with pytest.raises(train.NonFiniteError, match="epoch 4, step 2: loss=0.5, gradient norm=nan"):
         train.check_finite(metrics, epoch=4)
     train.check_finite({"loss": np.ones(3), "grad_norm": np.ones(3)}, epoch=1)
+
+
+def two_head_problem(n=96, seed=0):
+    """The README's showcase: a shared trunk, a classification head and a regression head."""
+    model = nn.serial(nn.Linear(16), nn.ReLU(), nn.fanout(nn.Linear(3), nn.serial(nn.Linear(8), nn.Tanh(), nn.Linear(2))))
+    loss = losses.multitask(losses.softmax_cross_entropy, losses.mse)
+    _, params = model.init(jax.random.PRNGKey(seed), (-1, 5))
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    labels = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5)
+    reg = np.stack([x[:, 2] * x[:, 3], np.sin(x[:, 4])], 1).astype(np.float32)
+    return model, loss, params, x, (labels.astype(np.int32), reg)
+
+
+def test_two_head_model_trains_through_fit_with_per_head_metrics(tmp_path):
+    model, loss, params, x, y = two_head_problem(n=160)
+    ds = data.Dataset("two-heads", x[:128], tuple(t[:128] for t in y), x[128:], tuple(t[128:] for t in y))
+    opt = train.sgd_with_clipping(0.1, 5.0, 0.9)
+    kw = dict(epochs=3, batch_size=16, key=jax.random.PRNGKey(0), metric=("accuracy", "mse"))
+    history = train.fit(model, loss, opt, params, ds, checkpoint_path=tmp_path / "ck.npz", **kw)
+    last = history.epochs[-1]
+    assert {"test_loss", "test_head0_loss", "test_head1_loss", "test_head0_accuracy", "test_head1_mse"} <= set(last)
+    np.testing.assert_allclose(last["test_head0_loss"] + last["test_head1_loss"], last["test_loss"], rtol=1e-5)
+    assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
+    assert len(history.step_losses) == 3 and all(len(s) == 128 // 16 for s in history.step_losses)
+    # per-head metrics equal a direct computation with the final params
+    logits, reg = model.apply(history.params, jnp.asarray(x[128:]))
+    np.testing.assert_allclose(last["test_head0_accuracy"], np.mean(np.argmax(logits, -1) == y[0][128:]), rtol=1e-6)
+    np.testing.assert_allclose(last["test_head1_mse"], np.mean((np.asarray(reg) - y[1][128:]) ** 2), rtol=1e-5)
+    resumed = train.fit(model, loss, opt, params, ds, checkpoint_path=tmp_path / "ck.npz", resume=True, **kw)
+    assert resumed.step_losses == history.step_losses
+
+
+@pytest.mark.parametrize("grad", train.GRADS)
+def test_two_head_epoch_equals_steps_over_data_batches(grad):
+    model, loss, params, x, y = two_head_problem()
+    opt = train.sgd_with_clipping(0.1, 1.0)
+    epoch = train.make_epoch(model, loss, opt, batch_size=32, grad=grad)
+    p_scan, _, m = epoch(copy(params), opt.init(params), jnp.asarray(x), jax.tree_util.tree_map(jnp.asarray, y), jax.random.PRNGKey(2))
+    assert m["loss"].shape == (3,)
+    step = train.make_train_step(model, loss, opt, grad=grad)
+    p, s = copy(params), opt.init(params)
+    for idx in np.asarray(train.epoch_permutation(jax.random.PRNGKey(2), len(x), 32)):
+        p, s, _ = step(p, s, (x[idx], (y[0][idx], y[1][idx])))
+    assert_trees_close(p_scan, p, rtol=1e-5, atol=1e-6)
+    batches = list(data.Batches(x, y, batch_size=40, seed=0))
+    assert [b[0].shape[0] for b in batches] == [40, 40, 16]
+    assert all(isinstance(b[1], tuple) and b[1][0].shape == (len(b[0]),) and b[1][1].shape == (len(b[0]), 2) for b in batches)
+
+
+def test_mismatched_example_counts_name_every_array():
+    x, y = np.zeros((64, 3)), (np.zeros(64), np.zeros(2))
+    with pytest.raises(ValueError, match=r"Batches: every array needs the same number of examples.*y\[1\] has 2"):
+        data.Batches(x, y, batch_size=8)
+
+
+@pytest.mark.parametrize(
+    "loss, metric, target",
+    [
+        (losses.binary_cross_entropy_with_logits, "binary_accuracy", "binary"),
+        (losses.softmax_cross_entropy, "accuracy", "onehot"),
+        (losses.softmax_cross_entropy, "accuracy", "probabilities"),
+        (losses.mse, "mse", "regression"),
+    ],
+)
+def test_evaluate_takes_its_metric_explicitly(loss, metric, target):
+    model = nn.serial(nn.Linear(4))
+    _, params = model.init(jax.random.PRNGKey(0), (-1, 3))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(30, 3)), jnp.float32)
+    logits = np.asarray(model.apply(params, x))
+    y = {
+        "binary": rng.integers(0, 2, (30, 4)).astype(np.float32),
+        "onehot": np.eye(4, dtype=np.float32)[rng.integers(0, 4, 30)],
+        "probabilities": rng.dirichlet(np.ones(4), 30).astype(np.float32),
+        "regression": rng.normal(size=(30, 4)).astype(np.float32),
+    }[target]
+    got = train.evaluate(model, params, x, y, loss, metric=metric, batch_size=7)
+    want = {
+        "binary": np.mean((logits > 0) == (y > 0.5)),
+        "onehot": np.mean(np.argmax(logits, -1) == np.argmax(y, -1)),
+        "probabilities": np.mean(np.argmax(logits, -1) == np.argmax(y, -1)),
+        "regression": np.mean((logits - y) ** 2),
+    }[target]
+    assert set(got) == {"loss", metric}
+    np.testing.assert_allclose(got[metric], want, rtol=1e-6)
+    np.testing.assert_allclose(got["loss"], float(loss(jnp.asarray(logits), jnp.asarray(y))), rtol=1e-5)
+    assert set(train.evaluate(model, params, x, y, loss)) == {"loss"}  # no metric named: the loss alone
+    with pytest.raises(ValueError, match="metric must be one of"):
+        train.evaluate(model, params, x, y, loss, metric="auc")
+
+
+def test_explicit_pass_takes_a_partial_of_an_op_and_explains_a_plain_function():
+    import functools
+
+    from manualgrad import backprop
+
+    model = nn.serial(nn.Linear(3), nn.LogSoftmax())
+    _, params = model.init(jax.random.PRNGKey(0), (-1, 2))
+    x, t = jnp.ones((4, 2), jnp.float32), jnp.zeros((4, 3), jnp.float32)
+    scaled = losses.scaled(losses.mse, 2.0)
+    value, grads = backprop.value_and_grad(model, functools.partial(scaled))(params, x, t)
+    manual = jax.grad(lambda p: scaled(model.apply(p, x), t))(params)
+    assert_trees_close(grads, manual, rtol=1e-6, atol=1e-7)
+    with pytest.raises(TypeError, match=r"loss must be a manualgrad op .* got <function .*make it an op with manualgrad.defop, or use grad='manual'"):
+        train.make_train_step(model, lambda p, t: losses.mse(p, t), train.sgd_with_clipping(0.1, 1.0), grad="explicit")
+    with pytest.raises(TypeError, match=r"fixes \['target'\], which are not static params"):
+        backprop.value_and_grad(model, functools.partial(losses.mse, target=t))

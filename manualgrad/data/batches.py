@@ -6,15 +6,20 @@ The scanned epoch of :mod:`manualgrad.train` is faster; this is the plain-Python
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
+
+from manualgrad.trees import num_examples, take
 
 __all__ = ["Batches"]
 
 
 class Batches:
     """Mini-batches ``(x[idx], y[idx])`` of NumPy arrays; every ``iter()`` is a new epoch.
+
+    ``x`` and ``y`` are arrays or pytrees of arrays with a common leading axis (e.g. ``y`` a
+    tuple with one target per head of a ``fanout`` model); batches keep their structure.
 
     With ``shuffle=True`` each epoch uses a fresh permutation from a NumPy generator
     seeded by ``seed`` (the k-th epoch's order is the same in every run). The last batch
@@ -23,29 +28,27 @@ class Batches:
 
     def __init__(
         self,
-        x: np.ndarray,
-        y: np.ndarray,
+        x: Any,
+        y: Any,
         batch_size: int,
         *,
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
     ) -> None:
-        if len(x) != len(y):
-            raise ValueError(f"manualgrad.data.Batches: x has {len(x)} examples but y has {len(y)}")
-        if batch_size < 1:
+        self.n = num_examples("manualgrad.data.Batches", x=x, y=y)
+        if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"manualgrad.data.Batches: batch_size must be >= 1, got {batch_size}")
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
-        n, b = len(self.x), self.batch_size
+        n, b = self.n, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        n = len(self.x)
-        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        order = self._rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.x[idx], self.y[idx]
+            yield take((self.x, self.y), idx)

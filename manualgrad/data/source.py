@@ -17,6 +17,7 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -42,9 +43,12 @@ class Dataset:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
+        def shape(tree: Any) -> Any:
+            return jax.tree_util.tree_map(np.shape, tree, is_leaf=lambda a: hasattr(a, "shape"))
+
         return (
-            f"Dataset({self.name!r}, train: x{self.x_train.shape} y{self.y_train.shape}, "
-            f"test: x{self.x_test.shape} y{self.y_test.shape}, source={self.info.get('source')!r})"
+            f"Dataset({self.name!r}, train: x{shape(self.x_train)} y{shape(self.y_train)}, "
+            f"test: x{shape(self.x_test)} y{shape(self.y_test)}, source={self.info.get('source')!r})"
         )
 
 
