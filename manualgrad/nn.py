@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from manualgrad import ops, trace
 from manualgrad.core import Op
@@ -75,7 +76,7 @@ def _primitive(
 
     def apply_(params, x):
         with _blame(name):
-            return apply(params, x)
+            return apply(params, trace.tap(x))
 
     def fwd_(params, x):
         with _blame(name):
@@ -110,7 +111,10 @@ def Linear(out_dim: int, init: str = "he", dtype: Any = jnp.float32) -> Layer:
     * ``"glorot"`` (Xavier uniform): ``w ~ U(-a, a)``, ``a = sqrt(6 / (d_in + out_dim))``,
       which balances the variance of activations and of gradients for tanh/sigmoid layers.
     """
-    name = f"Linear({out_dim})"
+    name = f"Linear({out_dim!r})"
+    if isinstance(out_dim, bool) or not isinstance(out_dim, (int, np.integer)) or out_dim < 1:
+        raise ValueError(f"manualgrad.nn.{name}: out_dim must be a positive integer (the number of output features)")
+    out_dim = int(out_dim)
     if init not in _INITS:
         raise ValueError(f"manualgrad.nn.{name}: init must be one of {_INITS}, got {init!r}")
 
@@ -228,8 +232,9 @@ def serial(*layers: Layer) -> Layer:
         return input_shape, tuple(params)
 
     def apply(params, x):
-        for layer, p in zip(layers, params):
-            x = layer.apply(p, x)
+        for i, (layer, p) in enumerate(zip(layers, params)):
+            with trace.scope(str(i)):
+                x = layer.apply(p, x)
         return x
 
     def fwd(params, x):
@@ -255,7 +260,9 @@ def fanout(*branches: Layer) -> Layer:
     Backward: the input was used by every branch, so its cotangent is the **sum** of the
     branches' ``x_bar`` (``dL/dx = sum_k dL_k/dx``). A shared trunk with two heads is
     ``serial(trunk..., fanout(head1, head2))`` and the trunk sees both heads' gradients.
+    The explicit pass's trace has a ``fanout(k)`` entry whose ``dL/dx`` is that sum.
     """
+    name = f"fanout({len(branches)})"
 
     def init(key, input_shape):
         shapes, params = [], []
@@ -266,23 +273,32 @@ def fanout(*branches: Layer) -> Layer:
         return tuple(shapes), tuple(params)
 
     def apply(params, x):
-        return tuple(b.apply(p, x) for b, p in zip(branches, params))
+        x = trace.tap(x)
+        ys = []
+        for i, (b, p) in enumerate(zip(branches, params)):
+            with trace.scope(f"head{i}"):
+                ys.append(b.apply(p, x))
+        return tuple(ys)
 
     def fwd(params, x):
         ys, res = [], []
+        slot = trace.record_forward(name, x, None)
         for i, (b, p) in enumerate(zip(branches, params)):
             with trace.scope(f"head{i}"):
                 y, r = b.fwd(p, x)
             ys.append(y)
             res.append(r)
-        return tuple(ys), tuple(res)
+        trace.fill_output(slot, tuple(ys))
+        return tuple(ys), (tuple(res), slot)
 
     def bwd(res, y_bars):
+        res, slot = res
         params_bar, x_bar = [], None
         for b, r, g in zip(branches, res, y_bars):
             pb, xb = b.bwd(r, g)
             params_bar.append(pb)
-            x_bar = xb if x_bar is None else x_bar + xb
+            x_bar = xb if x_bar is None else jax.tree_util.tree_map(jnp.add, x_bar, xb)
+        trace.record_backward(slot, tuple(y_bars), (), x_bar)
         return tuple(params_bar), x_bar
 
     return Layer(init, apply, fwd, bwd)

@@ -63,28 +63,88 @@ def test_explicit_pass_uses_no_autodiff_and_no_custom_vjp(monkeypatch):
     assert_trees_close(got, want)
 
 
-def test_trace_records_every_layer_in_order():
+def independent_relu_mlp(params, x, labels):
+    """The relu-mlp case written with plain jax.numpy/jax.nn, no manualgrad: its activations,
+    dL/d(input of each layer) by jax.grad of the rest of the network, and the loss."""
+    (l1, _, l2, _, l3) = params
+    layers = [
+        lambda z: z @ l1["w"] + l1["b"], jax.nn.relu,
+        lambda z: z @ l2["w"] + l2["b"], jax.nn.relu,
+        lambda z: z @ l3["w"] + l3["b"],
+    ]
+
+    def loss(logits):
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+
+    def rest(k):
+        def f(z):
+            for layer in layers[k:]:
+                z = layer(z)
+            return loss(z)
+        return f
+
+    inputs = [x]
+    for layer in layers:
+        inputs.append(layer(inputs[-1]))
+    return inputs, [jax.grad(rest(k))(inputs[k]) for k in range(len(layers) + 1)], loss(inputs[-1])
+
+
+def test_trace_values_equal_an_independent_model():
     model, loss, params, x, t = make_case("relu-mlp")
     value, grads, trace = jax.jit(backprop.value_and_grad(model, loss, trace=True))(params, x, t)
+    acts, cotangents, _ = independent_relu_mlp(params, x, t)
     names = [e.name for e in trace]
     assert names == ["Linear(8)", "ReLU", "Linear(6)", "ReLU", "Linear(3)", "manualgrad.losses.softmax_cross_entropy"]
     assert [e.path for e in trace][:5] == ["0", "1", "2", "3", "4"]
-    np.testing.assert_array_equal(trace[0].x, x)
-    for a, b in zip(trace.entries[:-1], trace.entries[1:]):
-        np.testing.assert_array_equal(a.y, b.x)  # output of one layer is the input of the next
-        np.testing.assert_array_equal(a.y_bar, b.x_bar)  # and the gradients chain back
-    assert_trees_close(trace[0].params_bar, grads[0])
-    assert trace[-1].y == value
-    text = str(trace)
-    assert "[0] 0  Linear(8)" in text and "dL/dw" in text and "dL/dy" in text
+    for k, e in enumerate(trace.entries[:-1]):
+        np.testing.assert_allclose(e.x, acts[k], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(e.y, acts[k + 1], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(e.x_bar, cotangents[k], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(e.y_bar, cotangents[k + 1], rtol=1e-10, atol=1e-14)
+    def independent_loss(p):
+        return independent_relu_mlp(p, x, t)[2]
+
+    w_bar = jax.grad(independent_loss)(params)[0]["w"]
+    np.testing.assert_allclose(trace[0].params_bar["w"], w_bar, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(grads[0]["w"], w_bar, rtol=1e-10, atol=1e-14)
+    assert float(trace[-1].y) == pytest.approx(float(independent_loss(params)), rel=1e-12)
 
 
-def test_trace_paths_in_fanout():
+def test_trace_paths_in_fanout_and_the_summed_gradient():
     model, loss, params, x, t = make_case("fanout")
     _, _, trace = backprop.value_and_grad(model, loss, trace=True)(params, x, t)
-    assert [e.path for e in trace] == ["0", "1", "2.head0.0", "2.head1.0", "2.head1.1", "2.head1.2", ""]
-    # the ReLU before the fanout receives the sum of both heads' input gradients
-    np.testing.assert_allclose(trace[1].y_bar, trace[2].x_bar + trace[3].x_bar, rtol=1e-14)
+    assert [e.path for e in trace] == ["0", "1", "2", "2.head0.0", "2.head1.0", "2.head1.1", "2.head1.2", ""]
+    assert trace[2].name == "fanout(2)"
+    # the fanout's dL/dx is the sum of both heads' input gradients, and the ReLU before it receives it
+    np.testing.assert_allclose(trace[2].x_bar, trace[3].x_bar + trace[4].x_bar, rtol=1e-14)
+    np.testing.assert_allclose(trace[1].y_bar, trace[2].x_bar, rtol=1e-14)
+    # ...which is jax.grad of the loss with respect to the trunk's output, through plain references
+    trunk_out = trace[1].y
+
+    (head0,), (lin1, _, lin2) = params[2]
+
+    def from_trunk(h):  # the two heads and the multitask loss in plain jax.numpy
+        logits = h @ head0["w"] + head0["b"]
+        reg = jnp.tanh(h @ lin1["w"] + lin1["b"]) @ lin2["w"] + lin2["b"]
+        ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), t[0][:, None], axis=1))
+        return ce + jnp.mean((reg - t[1]) ** 2)
+
+    np.testing.assert_allclose(trace[2].x_bar, jax.grad(from_trunk)(trunk_out), rtol=1e-10)
+
+
+def test_printing_a_trace_works_for_two_heads_of_different_widths():
+    model, loss, params, x, t = make_case("fanout")
+    _, _, trace = jax.jit(backprop.value_and_grad(model, loss, trace=True))(params, x, t)
+    text = str(trace)
+    lines = text.splitlines()
+    assert len(lines) == len(trace)  # one line per layer
+    assert "fanout(2)" in lines[2] and "sum of 2 branches" in lines[2]
+    assert "x(7,6) -> y((7,3), (7,2))" in lines[2]
+    assert "|dL/dw|=" in lines[0] and "|dL/db|=" in lines[0] and "|dL/dx|=" in lines[0] and "|y|=" in lines[0]
+    full = trace.format(arrays=True)
+    assert "dL/dy[1]" in full and "(dL/dx is the sum of the branches' dL/dx)" in full
+    norm = float(np.linalg.norm(np.asarray(trace[0].params_bar["w"])))
+    assert f"|dL/dw|={norm:.4g}" in lines[0]
 
 
 def test_without_trace_nothing_is_recorded():

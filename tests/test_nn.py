@@ -96,3 +96,10 @@ def test_fanout_output_and_params_layout():
     assert isinstance(params, tuple) and len(params) == 2 and len(params[1]) == 2
     ys = model.apply(params, jnp.ones((5, 4), jnp.float32))
     assert isinstance(ys, tuple) and ys[0].shape == (5, 3) and ys[1].shape == (5, 2)
+
+
+@pytest.mark.parametrize("out_dim", [0, -3, 2.5, True, "4"])
+def test_linear_needs_a_positive_integer_width(out_dim):
+    with pytest.raises(ValueError, match=r"nn.Linear\(.*\): out_dim must be a positive integer"):
+        nn.Linear(out_dim)
+    assert nn.Linear(np.int64(3)).init(jax.random.PRNGKey(0), (2, 4))[0] == (2, 3)

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from manualgrad import check, losses, nn, ops
+from manualgrad import backprop, check, losses, nn, ops
 from tests.helpers import as_float64, assert_trees_close, three_gradients
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -80,3 +80,7 @@ def test_random_networks_explicit_equals_jax_grad(net, batch, d_in, seed):
     np.testing.assert_allclose(ve, vr, rtol=1e-12)
     assert_trees_close(ge, gr, rtol=1e-9, atol=1e-12)
     assert_trees_close(gm, gr, rtol=1e-9, atol=1e-12)
+    # every model the library can build prints its trace, one line per layer
+    _, _, trace = backprop.value_and_grad(model, loss, trace=True)(as_float64(params), x, target)
+    assert len(str(trace).splitlines()) == len(trace)
+    assert ("sum of 2 branches" in str(trace)) == is_fanout
