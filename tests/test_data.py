@@ -163,7 +163,7 @@ def test_batches_reshuffle_each_epoch_and_keep_the_partial_batch():
     assert not np.array_equal(np.concatenate([b[1] for b in epochs[0]]), np.concatenate([b[1] for b in epochs[1]]))
     assert [len(b[1]) for b in data.Batches(x, y, 4, drop_last=True)] == [4, 4]
     assert [list(b[1]) for b in data.Batches(x, y, 5, shuffle=False)] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
-    with pytest.raises(ValueError, match="x has 10 examples but y has 9"):
+    with pytest.raises(ValueError, match="x has 10, y has 9"):
         data.Batches(x, y[:9], 4)
 
 

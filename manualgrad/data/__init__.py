@@ -3,16 +3,19 @@
 ``load("mnist" | "california_housing", data_dir=None)`` returns a :class:`Dataset` of
 NumPy arrays. The data folder is ``data_dir``, else ``$MANUALGRAD_DATA_DIR``, else the
 dataset's online source; see :mod:`manualgrad.data.source` for the layout and the cache.
+
+Only the loaders need ``tensorflow_datasets`` (the ``data`` extra): they are imported on
+first use (``load``, ``load_mnist``, ``load_california_housing``, ``LOADERS``), so
+:class:`Dataset`, :class:`Batches` and :class:`MissingDataError` work without it.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 from manualgrad.data.batches import Batches
-from manualgrad.data.california_housing import load_california_housing
-from manualgrad.data.mnist import load_mnist
-from manualgrad.data.source import Dataset, MissingDataError, resolve_data_dir
+from manualgrad.data.dataset import DATA_DIR_ENV, Dataset, MissingDataError, resolve_data_dir
 
 __all__ = [
     "load",
@@ -21,15 +24,38 @@ __all__ = [
     "Batches",
     "Dataset",
     "MissingDataError",
+    "DATA_DIR_ENV",
     "resolve_data_dir",
     "LOADERS",
+    "NAMES",
 ]
 
-LOADERS = {"mnist": load_mnist, "california_housing": load_california_housing}
+NAMES = ("mnist", "california_housing")
+
+
+def _loaders() -> dict[str, Callable[..., Dataset]]:
+    """The loader of each of :data:`NAMES` (importing them imports ``tensorflow_datasets``)."""
+    from manualgrad.data.california_housing import load_california_housing
+    from manualgrad.data.mnist import load_mnist
+
+    return {"mnist": load_mnist, "california_housing": load_california_housing}
+
+
+def __getattr__(name: str) -> Any:
+    """``LOADERS``, ``load_mnist`` and ``load_california_housing``, imported on first use (PEP 562)."""
+    if name in ("LOADERS", "load_mnist", "load_california_housing"):
+        loaders = _loaders()
+        globals().update(LOADERS=loaders, load_mnist=loaders["mnist"], load_california_housing=loaders["california_housing"])
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load the dataset ``name`` (one of :data:`LOADERS`) from ``data_dir``, ``$MANUALGRAD_DATA_DIR`` or online."""
-    if name not in LOADERS:
-        raise ValueError(f"manualgrad.data.load: name must be one of {tuple(LOADERS)}, got {name!r}")
-    return LOADERS[name](data_dir, cache_dir=cache_dir)
+    """Load the dataset ``name`` (one of :data:`NAMES`) from ``data_dir``, ``$MANUALGRAD_DATA_DIR`` or online."""
+    if name not in NAMES:
+        raise ValueError(f"manualgrad.data.load: name must be one of {NAMES}, got {name!r}")
+    return _loaders()[name](data_dir, cache_dir=cache_dir)

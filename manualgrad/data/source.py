@@ -14,48 +14,16 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-__all__ = ["Dataset", "MissingDataError", "FileBuilder", "resolve_data_dir", "cache_root", "make_builder", "prepare", "read_splits"]
+from manualgrad.data.dataset import DATA_DIR_ENV, Dataset, MissingDataError, resolve_data_dir
 
-DATA_DIR_ENV = "MANUALGRAD_DATA_DIR"
+__all__ = ["Dataset", "MissingDataError", "DATA_DIR_ENV", "FileBuilder", "resolve_data_dir", "cache_root", "make_builder", "prepare", "read_splits"]
+
 CACHE_DIR_ENV = "MANUALGRAD_CACHE_DIR"
-
-
-class MissingDataError(FileNotFoundError):
-    """The dataset's files are not where they were looked for."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A dataset in memory: NumPy arrays of the train and test splits, and how they were made."""
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        def shape(tree: Any) -> Any:
-            return jax.tree_util.tree_map(np.shape, tree, is_leaf=lambda a: hasattr(a, "shape"))
-
-        return (
-            f"Dataset({self.name!r}, train: x{shape(self.x_train)} y{shape(self.y_train)}, "
-            f"test: x{shape(self.x_test)} y{shape(self.y_test)}, source={self.info.get('source')!r})"
-        )
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
-    """``data_dir`` if given, else ``$MANUALGRAD_DATA_DIR`` if set, else ``None`` (the online source)."""
-    chosen = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
-    return pathlib.Path(chosen).expanduser().resolve() if chosen is not None else None
 
 
 def find_files(where: str, folder: pathlib.Path, names: Sequence[str], how: str) -> list[pathlib.Path]:
