@@ -1,0 +1,137 @@
+"""No JAX autodiff inside a hand-written rule: every op's backward and the explicit reverse
+pass over a model holding every layer and every loss are traced with autodiff switched off
+at its source (JAX's JVP/linearize traces and transpose), so aliases are caught too."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import grad as _grad  # the audit's aliases
+from jax import vjp as _vjp
+
+from manualgrad import backprop, check, losses, nn, train
+from manualgrad.check import AutodiffError, cast, no_autodiff
+from manualgrad.core import REGISTRY, Example, defop
+from tests.helpers import as_float64, assert_trees_close
+
+NAMES = sorted(REGISTRY)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_registered_backward_is_autodiff_free(name):
+    op = REGISTRY[name].op
+    for ex in REGISTRY[name].examples(np.random.default_rng(0)):
+        check.check_no_autodiff(op, *cast(ex.args, jnp.float64), **ex.params).assert_ok()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [lambda f, x: jax.grad(lambda x: jnp.sum(f(x)))(x), lambda f, x: jax.vjp(f, x), lambda f, x: jax.jvp(f, (x,), (x,)),
+     lambda f, x: jax.linearize(f, x), lambda f, x: jax.linear_transpose(lambda v: 2 * v, x)(x),
+     lambda f, x: _grad(lambda x: jnp.sum(f(x)))(x), lambda f, x: _vjp(f, x)],
+    ids=["grad", "vjp", "jvp", "linearize", "linear_transpose", "aliased grad", "aliased vjp"],
+)
+def test_the_guard_catches_autodiff_by_any_name(call):
+    with pytest.raises(AutodiffError, match="here: JAX autodiff"):
+        with no_autodiff("here"):
+            call(jnp.sin, jnp.ones(3))
+    call(jnp.sin, jnp.ones(3))  # restored afterwards
+
+
+def autodiff_gelu():
+    """The audit's planted bug: gelu's "hand-written" backward is jax.vjp of its reference."""
+    from manualgrad import ops
+
+    @defop(name="test_no_autodiff.gelu")
+    def gelu(x):
+        """GELU; ``x_bar = g * (Phi(x) + x phi(x))``."""
+        return ops.gelu.reference(x)
+
+    def gelu_bwd(x, g):
+        return _vjp(ops.gelu.reference, x)[1](g)
+
+    return gelu.defvjp(lambda x: (ops.gelu.reference(x), x), gelu_bwd)
+
+
+def test_an_op_whose_backward_is_autodiff_fails_its_checks():
+    op = autodiff_gelu()
+    reports = check.check_op(op, lambda rng: [Example((rng.normal(size=(3, 2)),))])
+    failing = {r.mode for r in reports if not r.passed}
+    assert failing == {"no-autodiff"}  # its numbers are right: only the guard can tell
+    assert "test_no_autodiff.gelu.bwd: JAX autodiff" in str(next(r for r in reports if not r.passed))
+
+
+def every_layer_model():
+    """A model holding every layer of manualgrad.nn, and a loss holding every loss."""
+    trunk = nn.serial(
+        nn.Flatten(), nn.Linear(6), nn.ReLU(), nn.Linear(6, init="glorot"), nn.LeakyReLU(0.1), nn.ScaledReLU(2.0),
+        nn.Sigmoid(), nn.Tanh(), nn.Softplus(), nn.GELU(), nn.GELU(approximate=True), nn.Square(), nn.Identity(),
+        nn.from_op(REGISTRY["manualgrad.ops.tanh"].op, "FromOp"),
+    )
+    heads = nn.fanout(
+        nn.serial(nn.Linear(3), nn.Softmax()), nn.serial(nn.Linear(3), nn.LogSoftmax()), nn.Linear(4), nn.Linear(2)
+    )
+    loss = losses.multitask(losses.mse, losses.scaled(losses.sse, 0.5), losses.softmax_cross_entropy,
+                            losses.binary_cross_entropy_with_logits)
+    model = nn.serial(trunk, heads)
+    _, params = model.init(jax.random.PRNGKey(0), (5, 2, 3))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(5, 2, 3)))
+    y = (jnp.asarray(rng.dirichlet(np.ones(3), 5)), jnp.asarray(rng.normal(size=(5, 3))),
+         jnp.asarray(rng.integers(0, 4, 5)), jnp.asarray(rng.integers(0, 2, (5, 2)).astype(np.float64)))
+    return model, loss, as_float64(params), x, y
+
+
+def test_the_model_holds_every_layer_and_every_loss():
+    model, loss, params, x, y = every_layer_model()
+    _, _, trace = backprop.value_and_grad(model, loss, trace=True)(params, x, y)
+    names = {e.name.split("(")[0] for e in trace}
+    layers = {n for n in nn.__all__ if n[0].isupper() and n != "Layer"}
+    assert layers <= names | {"Linear"}, f"layers missing from the model: {layers - names}"
+    assert {"FromOp", "fanout"} <= names
+    used = " ".join(p.name for p in loss.parts)
+    for name in [n for n in losses.__all__ if n not in ("scaled", "multitask")]:
+        assert f"manualgrad.losses.{name}" in used, f"{name} is missing from the loss"
+    assert "0.5*manualgrad.losses.sse" in used  # the combinators: scaled inside multitask
+
+
+def explicit_pass(model, loss):
+    return lambda params, x, y: backprop.value_and_grad(model, loss)(params, x, y)
+
+
+def aliased_grad_pass(model, loss):
+    """Planted: gradients by an aliased jax.grad, not by the layers' rules."""
+    def run(params, x, y):
+        return loss(model.apply(params, x), y), _grad(lambda p: loss(model.apply(p, x), y))(params)
+    return run
+
+
+def aliased_vjp_pass(model, loss):
+    """Planted: the hand-written backward fills the trace, but the returned gradients come
+    from an aliased jax.vjp of model.fwd."""
+    def run(params, x, y):
+        value, grads = backprop.value_and_grad(model, loss)(params, x, y)
+        (pred, _), pullback = _vjp(lambda p: model.fwd(p, x), params)
+        y_bar = jax.grad(lambda z: loss(z, y))(pred)
+        return value, pullback((y_bar, jax.tree_util.tree_map(jnp.zeros_like, _)))[0]
+    return run
+
+
+def test_the_explicit_pass_over_every_layer_and_loss_uses_no_autodiff():
+    model, loss, params, x, y = every_layer_model()
+    with no_autodiff("the explicit pass"):
+        value, grads = jax.jit(explicit_pass(model, loss))(params, x, y)
+        jax.make_jaxpr(train.loss_and_grad(model, loss, "explicit"))(params, x, y)
+    (_, want) = train.loss_and_grad(model, loss, "reference")(params, x, y)
+    assert_trees_close(grads, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("planted", [aliased_grad_pass, aliased_vjp_pass], ids=["aliased grad", "aliased vjp of model.fwd"])
+def test_planted_autodiff_in_the_explicit_pass_is_caught(planted):
+    model, loss, params, x, y = every_layer_model()
+    # the planted passes give the right numbers...
+    assert_trees_close(planted(model, loss)(params, x, y)[1], explicit_pass(model, loss)(params, x, y)[1], rtol=1e-9, atol=1e-12)
+    # ...but not by hand
+    with pytest.raises(AutodiffError, match="the explicit pass: JAX autodiff"):
+        with no_autodiff("the explicit pass"):
+            jax.make_jaxpr(planted(model, loss))(params, x, y)
