@@ -7,7 +7,7 @@ import pytest
 
 import manualgrad as mg
 from manualgrad import ops
-from manualgrad.check import check_op, check_vjp
+from manualgrad.check import cast, check_op, check_vjp
 from manualgrad.core import Example, REGISTRY, defop
 
 
@@ -97,29 +97,40 @@ def test_an_op_without_vjp_says_so():
         np.testing.assert_allclose(half(jnp.ones(2)), 0.5)
 
 
-def test_reference_mode_switches_every_op_and_works_inside_jit():
-    x = jnp.array([0.5, -1.0])
-    calls = []
-    orig = ops.tanh._bwd
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_reference_mode_switches_every_op_even_through_an_outer_jit(name):
+    """A function jitted outside reference_mode and called inside it must not replay its
+    manual trace: with a wrong backward planted, the two modes must give different answers."""
+    op = REGISTRY[name].op
+    ex = REGISTRY[name].examples(np.random.default_rng(0))[0]
+    args = cast(ex.args, jnp.float64)
+    argnums = tuple(i for i, n in enumerate(op.arg_names) if n not in op.constant)
+    out = jax.eval_shape(lambda *a: op(*a, **ex.params), *args)
+    u = jax.tree_util.tree_map(lambda s: jnp.asarray(np.random.default_rng(1).normal(size=s.shape)), out)
 
-    def spy(res, g):
+    def objective(*a):
+        pairs = zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(op(*a, **ex.params)))
+        return sum(jnp.vdot(c, y) for c, y in pairs)
+
+    f = jax.jit(jax.grad(objective, argnums))
+    calls, original = [], op._bwd
+
+    def wrong(res, g, **static):
         calls.append(1)
-        return orig(res, g)
+        return tuple(None if c is None else jax.tree_util.tree_map(lambda a: 3 * a, c) for c in original(res, g, **static))
 
-    ops.tanh._bwd = spy
+    op._bwd = wrong
     try:
-        jax.grad(lambda x: jnp.sum(ops.tanh(x)))(x)
-        assert calls == [1]
-
-        @jax.jit
-        def grad_ref(x):
-            with mg.reference_mode():
-                return jax.grad(lambda x: jnp.sum(ops.tanh(x)))(x)
-
-        grad_ref(x)
-        assert calls == [1]
+        manual = f(*args)
+        with mg.reference_mode():
+            inside = f(*args)
+            want = jax.grad(objective, argnums)(*args)
     finally:
-        ops.tanh._bwd = orig
+        op._bwd = original
+    assert calls == [1]  # traced once outside; inside, the references ran
+    for m, i, w in zip(*(jax.tree_util.tree_leaves(t) for t in (manual, inside, want))):
+        np.testing.assert_allclose(i, w, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(m, 3 * w, rtol=1e-12, atol=1e-15)
 
 
 def test_forward_mode_is_unavailable_and_says_so():
@@ -169,3 +180,49 @@ def test_linear_shape_errors(use_jit):
         f(x, jnp.ones(5), jnp.ones(3))
     with pytest.raises(ValueError, match=r"ops.linear: x, w and b must share one dtype, got x float32"):
         f(x.astype(jnp.float32), jnp.ones((5, 2)), jnp.ones(2))
+
+
+def run_check_cli(*args, pythonpath=""):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, str(ROOT)) if p)}
+    return subprocess.run([sys.executable, "-m", "manualgrad.check", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_check_cli_answers_help_and_checks_one_op():
+    out = run_check_cli("--help")
+    assert out.returncode == 0 and "--op NAME" in out.stdout and "--module MODULE" in out.stdout
+    out = run_check_cli("--op", "relu")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "manualgrad.ops.relu" in out.stdout and "leaky_relu" not in out.stdout
+    out = run_check_cli("--op", "nope")
+    assert out.returncode != 0 and "matches no op" in out.stderr
+
+
+MY_OPS = '''
+from manualgrad import defop, Example
+
+def ex(rng):
+    return [Example((rng.normal(size=(3, 2)),))]
+
+@defop(examples=ex)
+def cube(x):
+    """y = x**3; x_bar = 3 x**2 g."""
+    return x ** 3
+
+cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (2 * x ** 2 * g,))  # wrong: 2, not 3
+'''
+
+
+def test_check_cli_checks_a_users_module_and_explains_failures(tmp_path):
+    (tmp_path / "my_ops.py").write_text(MY_OPS)
+    out = run_check_cli("--module", "my_ops", pythonpath=str(tmp_path))
+    assert out.returncode == 1, out.stderr
+    listing = out.stdout.split("largest errors")[0]
+    assert "my_ops.cube" in listing and "manualgrad.ops" not in listing
+    assert "example (3,2)" in out.stdout and "x_bar#0" in out.stdout and "k-th random output cotangent" in out.stdout
