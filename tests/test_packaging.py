@@ -45,6 +45,9 @@ def test_lazy_attributes():
     assert mg.train is train and mg.checkpoint is manualgrad.checkpoint and mg.data is manualgrad.data
     assert mg.data.LOADERS["mnist"] is mg.data.load_mnist is manualgrad.data.mnist.load_mnist
     assert {"train", "data", "checkpoint"} <= set(dir(mg)) and "load_mnist" in dir(mg.data)
+    # the TFDS-backed submodules are attributes of manualgrad.data before anyone imports them
+    assert python("from manualgrad import data; print(data.source.DATA_DIR_ENV, data.california_housing.FILE)").split() == [
+        "MANUALGRAD_DATA_DIR", "cal_housing.data"]
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         mg.nope
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):

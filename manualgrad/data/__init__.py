@@ -11,6 +11,7 @@ first use (``load``, ``load_mnist``, ``load_california_housing``, ``LOADERS``), 
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Callable
 
@@ -42,11 +43,14 @@ def _loaders() -> dict[str, Callable[..., Dataset]]:
 
 
 def __getattr__(name: str) -> Any:
-    """``LOADERS``, ``load_mnist`` and ``load_california_housing``, imported on first use (PEP 562)."""
+    """``LOADERS``, ``load_mnist``, ``load_california_housing`` and the TFDS-backed submodules
+    (``source``, ``mnist``, ``california_housing``), imported on first use (PEP 562)."""
     if name in ("LOADERS", "load_mnist", "load_california_housing"):
         loaders = _loaders()
         globals().update(LOADERS=loaders, load_mnist=loaders["mnist"], load_california_housing=loaders["california_housing"])
         return globals()[name]
+    if name in ("source", "mnist", "california_housing"):
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
