@@ -132,6 +132,8 @@ def _cross_entropy_examples(rng: np.random.Generator) -> list[Example]:
         Example((rng.normal(size=(3,)), rng.integers(0, 3, size=()))),
         Example((rng.normal(size=(2, 3, 6)), rng.integers(0, 6, size=(2, 3)))),
         Example((rng.normal(size=(3, 4)), probs)),
+        # soft labels need not sum to one (label weights): the gradient then keeps p * sum(y)
+        Example((rng.normal(size=(3, 4)), rng.uniform(0.1, 1.0, size=(3, 4)))),
     ]
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import erf
+from jax.scipy.special import erf, erfc
 
 from manualgrad.core import Example, defop
 
@@ -220,7 +220,9 @@ def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
     ``y = x (1 + tanh u) / 2`` with ``u = sqrt(2/pi) (x + 0.044715 x**3)``, so
     ``dy/dx = (1 + tanh u) / 2 + x (1 - tanh(u)**2) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x**2)``.
 
-    ``x_bar = g * dy/dx``. Residual: ``x``.
+    ``x_bar = g * dy/dx``. Residual: ``x``. The forward writes ``Phi`` as
+    ``erfc(-x / sqrt 2) / 2`` (accurate for very negative ``x``) and ``(1 + tanh u) / 2`` as
+    ``sigmoid(2u)``; both are pinned to ``jax.nn.gelu`` and PyTorch's GELU by the tests.
     """
     if approximate:
         u = _SQRT_2_OVER_PI * (x + 0.044715 * x**3)
@@ -228,19 +230,25 @@ def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
 
+def _gelu_gate(x: jax.Array, approximate: bool) -> jax.Array:
+    """``Phi(x)``, or its tanh approximation ``(1 + tanh u) / 2 = sigmoid(2u)``."""
+    if approximate:
+        return jax.nn.sigmoid(2.0 * _SQRT_2_OVER_PI * (x + 0.044715 * x**3))
+    return 0.5 * erfc(-x / math.sqrt(2.0))
+
+
 def gelu_fwd(x: jax.Array, approximate: bool = False) -> tuple[jax.Array, jax.Array]:
-    return gelu.reference(x, approximate), x
+    return x * _gelu_gate(x, approximate), x
 
 
 def gelu_bwd(res: jax.Array, g: jax.Array, approximate: bool = False) -> tuple[jax.Array]:
     x = res
-    if approximate:
-        t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
+    gate = _gelu_gate(x, approximate)
+    if approximate:  # d/dx sigmoid(2u) = 2 sigmoid (1 - sigmoid) du/dx = (1 - tanh(u)**2) / 2 du/dx
         du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
-        return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du),)
-    cdf = 0.5 * (1.0 + erf(x / math.sqrt(2.0)))
+        return (g * (gate + x * 2.0 * gate * (1.0 - gate) * du),)
     pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
-    return (g * (cdf + x * pdf),)
+    return (g * (gate + x * pdf),)
 
 
 gelu.defvjp(gelu_fwd, gelu_bwd)

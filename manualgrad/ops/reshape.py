@@ -33,7 +33,7 @@ def flatten(x: jax.Array) -> jax.Array:
 
 
 def flatten_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return flatten.reference(x), x
+    return jnp.reshape(x, (np.shape(x)[0], -1)), x
 
 
 def flatten_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array]:

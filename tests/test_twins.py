@@ -1,0 +1,199 @@
+"""Every op pinned to an independent implementation: its forward (the custom_vjp call, its
+``fwd`` and its ``reference``) and its VJP against ``jax.nn``/``optax``/``jax.numpy`` twins,
+and against ``torch.autograd`` where PyTorch has the op, in float64 (~1e-12).
+
+The registry checks compare each op with its own reference; a mistake made in both (a wrong
+constant in the reference and the backward together) only shows against a twin written by
+someone else."""
+
+import importlib.util
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from manualgrad import ops
+from manualgrad.check import cast
+from manualgrad.core import REGISTRY, defop
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _ce(logits, labels):
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    return jnp.mean(optax.softmax_cross_entropy(logits, labels))
+
+
+JAX_TWINS = {
+    "manualgrad.ops.linear": lambda x, w, b: jnp.einsum("...i,ij->...j", x, w, precision="highest") + b,
+    "manualgrad.ops.identity": lambda x: jnp.array(x),
+    "manualgrad.ops.relu": jax.nn.relu,
+    # jax.nn.leaky_relu's derivative at exactly 0 is 1; PyTorch's and manualgrad's is the slope
+    "manualgrad.ops.leaky_relu": lambda x, negative_slope: negative_slope * x + (1 - negative_slope) * jax.nn.relu(x),
+    "manualgrad.ops.scaled_relu": lambda x, scale: scale * jax.nn.relu(x),
+    "manualgrad.ops.sigmoid": jax.nn.sigmoid,
+    "manualgrad.ops.tanh": lambda x: 2 * jax.nn.sigmoid(2 * x) - 1,
+    "manualgrad.ops.softplus": jax.nn.softplus,
+    "manualgrad.ops.gelu": lambda x, approximate=False: jax.nn.gelu(x, approximate=approximate),
+    "manualgrad.ops.square": jnp.square,
+    "manualgrad.ops.softmax": lambda x, axis: jax.nn.softmax(x, axis=axis),
+    "manualgrad.ops.log_softmax": lambda x, axis: jax.nn.log_softmax(x, axis=axis),
+    "manualgrad.ops.flatten": lambda x: x.reshape(x.shape[0], math.prod(x.shape[1:])),
+    "manualgrad.losses.mse": lambda p, t: jnp.mean(optax.squared_error(p, t)),
+    "manualgrad.losses.sse": lambda p, t: jnp.sum(optax.squared_error(p, t)),
+    "0.5*manualgrad.losses.mse": lambda p, t: 0.5 * jnp.mean(optax.squared_error(p, t)),
+    "manualgrad.losses.softmax_cross_entropy": _ce,
+    "manualgrad.losses.binary_cross_entropy_with_logits": lambda z, t: jnp.mean(optax.sigmoid_binary_cross_entropy(z, t)),
+    "multitask(manualgrad.losses.sse, manualgrad.losses.softmax_cross_entropy)":
+        lambda p, t: jnp.sum(optax.squared_error(p[0], t[0])) + _ce(p[1], t[1]),
+}
+
+
+def torch_twins():
+    import torch
+    import torch.nn.functional as F
+
+    def ce(logits, labels):
+        c = logits.shape[-1]
+        if labels.dtype in (torch.int32, torch.int64):
+            return F.cross_entropy(logits.reshape(-1, c), labels.reshape(-1).long())
+        return F.cross_entropy(logits.reshape(-1, c), labels.reshape(-1, c))  # probabilities, any sum
+
+    return {
+        "manualgrad.ops.linear": lambda x, w, b: F.linear(x, w.T, b),
+        "manualgrad.ops.relu": torch.relu,
+        "manualgrad.ops.leaky_relu": lambda x, negative_slope: F.leaky_relu(x, negative_slope),
+        "manualgrad.ops.scaled_relu": lambda x, scale: scale * torch.relu(x),
+        "manualgrad.ops.sigmoid": torch.sigmoid,
+        "manualgrad.ops.tanh": torch.tanh,
+        "manualgrad.ops.softplus": lambda x: F.softplus(x, threshold=50),
+        "manualgrad.ops.gelu": lambda x, approximate=False: F.gelu(x, approximate="tanh" if approximate else "none"),
+        "manualgrad.ops.square": torch.square,
+        "manualgrad.ops.softmax": lambda x, axis: torch.softmax(x, dim=axis),
+        "manualgrad.ops.log_softmax": lambda x, axis: torch.log_softmax(x, dim=axis),
+        "manualgrad.ops.flatten": lambda x: torch.flatten(x, 1) if x.dim() > 1 else x[:, None],
+        "manualgrad.losses.mse": F.mse_loss,
+        "manualgrad.losses.sse": lambda p, t: F.mse_loss(p, t, reduction="sum"),
+        "0.5*manualgrad.losses.mse": lambda p, t: 0.5 * F.mse_loss(p, t),
+        "manualgrad.losses.softmax_cross_entropy": ce,
+        "manualgrad.losses.binary_cross_entropy_with_logits": F.binary_cross_entropy_with_logits,
+        "multitask(manualgrad.losses.sse, manualgrad.losses.softmax_cross_entropy)":
+            lambda p, t: F.mse_loss(p[0], t[0], reduction="sum") + ce(p[1], t[1]),
+    }
+
+
+NAMES = sorted(n for n in REGISTRY if n in JAX_TWINS or n.startswith("manualgrad."))
+RTOL = 1e-12
+
+
+def normwise(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want), initial=0.0)), float(np.max(np.abs(want), initial=0.0))
+
+
+def assert_close(what, got, want, rtol=RTOL):
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert np.shape(g) == np.shape(w), what
+        err, scale = normwise(g, w)
+        assert err <= rtol * scale + 1e-300, f"{what}: max_abs {err:.3e} vs scale {scale:.3e}"
+
+
+def twin_errors(op, twin, ex, rng):
+    """Compare op (call, fwd, reference) and its VJP with ``twin`` on one example."""
+    args = cast(ex.args, jnp.float64)
+    want, twin_pullback = jax.vjp(lambda *a: twin(*a, **ex.params), *args)
+    assert_close(f"{op.name} forward (custom_vjp call)", op(*args, **ex.params), want)
+    assert_close(f"{op.name} forward (fwd)", op.fwd(*args, **ex.params)[0], want)
+    assert_close(f"{op.name} forward (reference)", op.reference(*args, **ex.params), want)
+    g = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=np.shape(a))), want)
+    _, pullback = jax.vjp(lambda *a: op(*a, **ex.params), *args)
+    for name, got, expected in zip(op.arg_names, pullback(g), twin_pullback(g)):
+        if name not in op.constant:
+            assert_close(f"{op.name} {name}_bar", got, expected)
+
+
+def test_every_library_op_has_a_twin():
+    assert set(NAMES) == set(JAX_TWINS), set(NAMES) ^ set(JAX_TWINS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_op_equals_its_jax_twin(name):
+    rng = np.random.default_rng(0)
+    for ex in REGISTRY[name].examples(rng):
+        twin_errors(REGISTRY[name].op, JAX_TWINS[name], ex, rng)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch (optional extra) is not installed")
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "manualgrad.ops.identity"])
+def test_op_equals_torch_autograd(name):
+    import torch
+
+    twin = torch_twins()[name]
+    op = REGISTRY[name].op
+    rng = np.random.default_rng(0)
+    for ex in REGISTRY[name].examples(rng):
+        args = cast(ex.args, jnp.float64)
+        diff = [n not in op.constant for n in op.arg_names]
+        t_args = jax.tree_util.tree_map(lambda a: torch.tensor(np.asarray(a)), args)
+        for d, a in zip(diff, t_args):
+            for leaf in jax.tree_util.tree_leaves(a, is_leaf=lambda v: isinstance(v, torch.Tensor)):
+                leaf.requires_grad_(d and leaf.is_floating_point())
+        y = twin(*t_args, **ex.params)
+        assert_close(f"{name} forward vs torch", op(*args, **ex.params), y.detach().numpy())
+        g = rng.normal(size=tuple(y.shape))
+        y.backward(torch.tensor(g))
+        _, pullback = jax.vjp(lambda *a: op(*a, **ex.params), *args)
+        for n, d, got, t in zip(op.arg_names, diff, pullback(jnp.asarray(g)), t_args):
+            if d:
+                leaves = jax.tree_util.tree_leaves(t, is_leaf=lambda v: isinstance(v, torch.Tensor))
+                assert_close(f"{name} {n}_bar vs torch", got, [leaf.grad.numpy() for leaf in leaves] if isinstance(got, tuple) else leaves[0].grad.numpy())
+
+
+def test_a_wrong_constant_in_reference_and_backward_together_is_caught():
+    """The audit's planted bug: gelu's 0.044715 turned into 0.04715 everywhere in a copy.
+    The op agrees with its own reference, so only the twin can tell."""
+    from manualgrad.check import check_vjp
+
+    @defop(name="test_twins.gelu_tanh")
+    def bad_gelu(x):
+        """tanh GELU with a wrong constant; ``x_bar = g * dy/dx``."""
+        return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2 / math.pi) * (x + 0.04715 * x**3)))
+
+    def bwd(x, g):
+        t = jnp.tanh(math.sqrt(2 / math.pi) * (x + 0.04715 * x**3))
+        return (g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * math.sqrt(2 / math.pi) * (1 + 3 * 0.04715 * x * x)),)
+
+    bad_gelu.defvjp(lambda x: (bad_gelu.reference(x), x), bwd)
+    ex = REGISTRY["manualgrad.ops.gelu"].examples(np.random.default_rng(0))[-1]  # an approximate=True example
+    assert ex.params == {"approximate": True}
+    assert check_vjp(bad_gelu, *cast(ex.args, jnp.float64)).passed  # its own reference agrees...
+    with pytest.raises(AssertionError, match="forward"):
+        twin_errors(bad_gelu, lambda x: jax.nn.gelu(x, approximate=True), type(ex)(ex.args), np.random.default_rng(0))
+
+
+def test_soft_labels_that_do_not_sum_to_one_catch_a_dropped_term():
+    """The audit's planted bug: cross-entropy's soft-label backward without ``p * sum(y)``."""
+    from manualgrad import losses
+    from manualgrad.check import check_op
+
+    ce = losses.softmax_cross_entropy
+
+    @defop(name="test_twins.ce", constant=("labels",))
+    def dropped(logits, labels):
+        """Cross-entropy; ``logits_bar = g (p sum(y) - y) / m``."""
+        return ce.reference(logits, labels)
+
+    def fwd(logits, labels):
+        p = jax.nn.softmax(logits)
+        y = labels if jnp.issubdtype(labels.dtype, jnp.floating) else jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+        return ce.reference(logits, labels), (p - y) / (p.size // p.shape[-1])
+
+    dropped.defvjp(fwd, lambda d, g: (g * d, None))
+    examples = REGISTRY[ce.name].examples
+    sums = [np.sum(ex.args[1], -1) for ex in examples(np.random.default_rng(0)) if np.issubdtype(np.asarray(ex.args[1]).dtype, np.floating)]
+    assert any(not np.allclose(s, 1) for s in sums)  # the registry has labels that do not sum to one
+    assert not all(r.passed for r in check_op(dropped, examples, dtypes=(jnp.float64,)))
