@@ -67,6 +67,9 @@ def test_jacobian_layout_matches_jacrev():
     w = jnp.arange(12.0).reshape(3, 4) / 7
     jac = check.jacobian(ops.linear, argnums=1)(x, w, jnp.zeros(4))
     assert jac.shape == (2, 4, 3, 4)
+    # d y[n, j] / d w[i, k] = x[n, i] * delta_jk, written out
+    want = np.einsum("ni,jk->njik", np.asarray(x), np.eye(4))
+    np.testing.assert_allclose(jac, want, rtol=1e-15, atol=1e-15)
     report = check.check_jacobian(lambda x: ops.softmax(ops.linear(x, w, jnp.zeros(4))), x)
     assert report.passed and report.rows[0].scale > 0
 

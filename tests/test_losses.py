@@ -114,14 +114,16 @@ def test_mse_and_sse_values():
 def test_scaled_and_multitask():
     half = losses.scaled(losses.mse, 0.5)
     p, t = jnp.array([1.0, 3.0]), jnp.array([0.0, 0.0])
-    assert half(p, t) == pytest.approx(2.5)
-    np.testing.assert_allclose(jax.grad(half)(p, t), 0.5 * jax.grad(losses.mse)(p, t))
+    assert half(p, t) == pytest.approx(0.5 * (1 + 9) / 2)
+    np.testing.assert_allclose(jax.grad(half)(p, t), 0.5 * 2 * (p - t) / 2, rtol=1e-15)  # closed form
     both = losses.multitask(losses.sse, losses.softmax_cross_entropy)
-    logits = jnp.array([[2.0, 0.0]])
-    value = both((p, logits), (t, jnp.array([0])))
-    assert value == pytest.approx(10.0 + float(losses.softmax_cross_entropy(logits, jnp.array([0]))))
-    gp, gl = jax.grad(both)((p, logits), (t, jnp.array([0])))
-    np.testing.assert_allclose(gp, 2 * p)
+    logits, label = jnp.array([[2.0, 0.0]]), jnp.array([0])
+    value = both((p, logits), (t, label))
+    assert value == pytest.approx(10.0 + np.log1p(np.exp(-2.0)))  # sse + (-log softmax(2, 0)[0])
+    gp, gl = jax.grad(both)((p, logits), (t, label))
+    np.testing.assert_allclose(gp, 2 * (p - t), rtol=1e-15)
+    softmax = np.exp([2.0, 0.0]) / np.sum(np.exp([2.0, 0.0]))
+    np.testing.assert_allclose(gl, [softmax - np.array([1.0, 0.0])], rtol=1e-14)
     with pytest.raises(ValueError, match=r"multitask.*preds must be a tuple with one entry per loss \(2\)"):
         both(p, (t, jnp.array([0])))
     with pytest.raises(ValueError, match=r"sse: pred.shape=\(2,\).*target.shape=\(3,\)"):

@@ -188,6 +188,15 @@ def test_relu_family_propagates_nan(name):
         assert np.isnan(np.asarray(y)[0])
         np.testing.assert_array_equal(np.asarray(y)[1:], np.asarray(op.reference(x[1:], **params)))
     assert np.isnan(np.asarray(jax.nn.relu(x))[0])
+    # ...and the backward: a NaN cotangent stays NaN, a NaN input gives a NaN-free mask decision
+    g = jnp.array([1.0, 1.0, 1.0, jnp.nan, 2.0])
+    _, pullback = jax.vjp(lambda x: op(x, **params), x)
+    (x_bar,) = pullback(g)
+    with mg.reference_mode():
+        _, ref_pullback = jax.vjp(lambda x: op(x, **params), x)
+        (ref_bar,) = ref_pullback(g)
+    np.testing.assert_array_equal(np.isnan(np.asarray(x_bar)), np.isnan(np.asarray(ref_bar)))
+    assert np.isnan(np.asarray(x_bar)[3]) or params.get("negative_slope", 0.0) == 0.0
 
 
 def test_ops_are_documented_with_their_signature():
