@@ -446,7 +446,7 @@ def markdown(result: dict, command: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=common.HelpFormatter)
     p.add_argument("--out", default="runs/benchmark", help="folder for benchmark.json and BENCHMARKS.md")
     p.add_argument("--rounds", type=int, default=9, help="timed rounds per implementation (the median is reported)")
     p.add_argument("--block-seconds", type=float, default=0.2, help="length of one timed block of steps")

@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import sys
+import zipfile
 from typing import Any, Callable, Sequence
 
 import jax
@@ -65,7 +66,7 @@ class Task:
     def load(self, data_dir: str | None, limit: int | None = None) -> data.Dataset:
         """The prepared dataset; ``limit`` keeps the first ``limit`` training examples (smoke runs)."""
         ds = self.prepare(data.load(self.name, data_dir))
-        if limit:
+        if limit is not None:
             ds = dataclasses.replace(ds, x_train=ds.x_train[:limit], y_train=ds.y_train[:limit])
         return ds
 
@@ -109,36 +110,73 @@ CALIFORNIA_HOUSING = Task(
 TASKS = {t.name: t for t in (MNIST, CALIFORNIA_HOUSING)}
 
 
-def parser(task: Task, description: str, training: bool = True) -> argparse.ArgumentParser:
-    """The flags of DESIGN.md with ``task``'s defaults; ``training`` adds --grad, --resume, --no-progress."""
-    d = task.defaults
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="total number of epochs (also when resuming)")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--lr", type=float, default=d["lr"], help="SGD learning rate (the peak of the cosine schedule)")
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows each default once: appended as ``(default: ...)`` unless the help text
+    already says it, and not at all for switches (``store_true``) and flags without one; the
+    description keeps its own line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "default" in (action.help or "") or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class FlagError(ValueError):
+    """Flags that the loaded data show to be unusable (reported like argparse's errors: exit status 2)."""
+
+
+def parser(
+    task: Task | None, description: str, training: bool = True, out: str = "runs/{task}"
+) -> argparse.ArgumentParser:
+    """The flags of DESIGN.md with ``task``'s defaults; ``training`` adds --grad, --resume, --no-progress.
+
+    With ``task=None`` (a tool that serves every task and takes it as a flag) the task-dependent
+    defaults are ``None``, listed per task in ``--help``; :func:`fill_task_defaults` sets them
+    once the task is known. ``out`` is the default ``--out``, ``{task}`` standing for its name.
+    """
+
+    def default(key: str, per_task: str | None = None) -> dict[str, Any]:
+        """``task``'s default for the flag ``key``; without a task, ``None`` and a help suffix listing them."""
+        if task is not None:
+            return {"default": task.defaults[per_task or key]}
+        listed = ", ".join(f"{t.name} {t.defaults[per_task or key]}" for t in TASKS.values())
+        return {"default": None, "help": f" (default: {listed})"}
+
+    def flag(name: str, help: str, *, key: str | None = None, per_task: str | None = None, **kwargs: Any) -> None:
+        d = default(key or name.lstrip("-").replace("-", "_"), per_task)
+        p.add_argument(name, default=d["default"], help=help + d.get("help", ""), **kwargs)
+
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    flag("--epochs", "total number of epochs (also when resuming)", type=int)
+    flag("--batch-size", "examples per training step", type=int)
+    flag("--lr", "SGD learning rate (the peak of the cosine schedule)", type=float)
     p.add_argument(
         "--schedule",
         choices=("cosine", "constant"),
         default="cosine",
         help="learning rate per step: cosine decay from --lr to 0 over --decay-epochs, or constant",
     )
-    p.add_argument(
+    flag(
         "--decay-epochs",
-        type=int,
-        default=d["epochs"],
-        help="length of the cosine decay in epochs (fixed apart from --epochs, so a run stopped early "
+        "length of the cosine decay in epochs (fixed apart from --epochs, so a run stopped early "
         "and resumed follows the same schedule; after it the rate stays 0)",
+        per_task="epochs",
+        type=int,
     )
-    p.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum (0 for plain SGD)")
-    p.add_argument("--max-norm", type=float, default=d["max_norm"], help="clip the gradient to this global L2 norm")
+    flag("--momentum", "SGD momentum (0 for plain SGD)", type=float)
+    flag("--max-norm", "clip the gradient to this global L2 norm", type=float)
     p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling")
     p.add_argument(
         "--data-dir",
-        default=os.environ.get(data.source.DATA_DIR_ENV),
-        help=f"folder holding {task.name}/ (default: $MANUALGRAD_DATA_DIR, else the online source)",
+        default=os.environ.get(data.DATA_DIR_ENV),
+        help=f"folder holding {task.name if task else 'TASK'}/ (default: ${data.DATA_DIR_ENV}, else the online source)",
     )
-    p.add_argument("--out", default=f"runs/{task.name}", help="where metrics.json, curves.png and the checkpoint go")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training examples (smoke runs)")
+    p.add_argument(
+        "--out",
+        default=out.format(task=task.name) if task else None,
+        help="where metrics.json, curves.png and the checkpoint go" + ("" if task else f" (default: {out.format(task='TASK')})"),
+    )
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training examples (smoke runs; default: all)")
     if training:
         p.add_argument("--grad", choices=train.GRADS, default="manual", help="where the gradient comes from")
         p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
@@ -146,7 +184,19 @@ def parser(task: Task, description: str, training: bool = True) -> argparse.Argu
     return p
 
 
+def fill_task_defaults(task: Task, args: argparse.Namespace, out: str = "runs/{task}") -> None:
+    """Set the flags left ``None`` by ``parser(None, ...)`` to ``task``'s defaults (``--out`` from ``out``)."""
+    for key, value in task.defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.decay_epochs is None:
+        args.decay_epochs = task.defaults["epochs"]
+    if args.out is None:
+        args.out = out.format(task=task.name)
+
+
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse flag values that cannot train (argparse's error: usage and exit status 2)."""
     for name in ("epochs", "batch_size", "decay_epochs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -155,23 +205,57 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if not 0 <= args.momentum < 1:
         p.error(f"--momentum must be in [0, 1), got {args.momentum}")
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit must be >= 1, got {args.limit}")
 
 
-def plot_curves(path: pathlib.Path, task: Task, epochs: list[dict]) -> None:
-    """Train loss and the test metric per epoch, side by side."""
+def check_data(args: argparse.Namespace, train_examples: int) -> None:
+    """Raise :class:`FlagError` unless the training set makes at least one batch of ``--batch-size``."""
+    if train_examples < args.batch_size:
+        where = f"--limit {args.limit} leaves" if args.limit is not None else "the training set has"
+        raise FlagError(
+            f"{where} {train_examples} training examples, fewer than --batch-size {args.batch_size}: "
+            "not one batch to train on (lower --batch-size or raise --limit)"
+        )
+
+
+def plot_curves(path: pathlib.Path, task: Task, result: train.History, ds: data.Dataset) -> None:
+    """Two panels. Left: the loss per epoch (train and test) over the training loss of every step.
+    Right: the test accuracy per epoch, or, for regression, the final model's predicted against
+    the true test values (with the line y = x)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    epochs = result.epochs
     e = [r["epoch"] for r in epochs]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(e, [r["train_loss"] for r in epochs], "o-", label="train")
-    a.plot(e, [r["test_loss"] for r in epochs], "s--", label="test")
+    # step k (0-based) of the s steps of epoch e sits at e - 1 + (k + 1) / s: the last one on e itself
+    steps_x = [r["epoch"] - 1 + (k + 1) / len(per_step) for r, per_step in zip(epochs, result.step_losses) for k in range(len(per_step))]
+    steps_y = [v for per_step in result.step_losses for v in per_step]
+    a.plot(steps_x, steps_y, "-", color="C0", lw=0.6, alpha=0.4, label="train (each step)")
+    a.plot(e, [r["train_loss"] for r in epochs], "o-", color="C0", label="train (epoch mean)")
+    a.plot(e, [r["test_loss"] for r in epochs], "s--", color="C1", label="test")
     a.set(xlabel="epoch", ylabel=f"loss ({task.loss.name.rsplit('.', 1)[-1]})", title=f"{task.name}: loss")
+    a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if min(steps_y + [r["test_loss"] for r in epochs], default=0) > 0:
+        a.set_yscale("log")  # one noisy batch can be 100x the epoch mean
     a.legend()
-    b.plot(e, [r[f"test_{task.metric}"] for r in epochs], "o-", color="C2")
-    b.set(xlabel="epoch", ylabel=f"test {task.metric}", title=f"{task.name} {task.architecture}: test {task.metric}")
+    if task.metric == "mse":
+        pred = np.asarray(task.model().apply(result.params, ds.x_test)).reshape(-1)
+        true = np.asarray(ds.y_test).reshape(-1)
+        lo, hi = float(min(pred.min(), true.min())), float(max(pred.max(), true.max()))
+        b.scatter(true, pred, s=4, alpha=0.3, color="C2", linewidths=0)
+        b.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="y = x")
+        b.set(xlabel="true value", ylabel="predicted value", aspect="equal",
+              title=f"{task.architecture}, epoch {e[-1]}: test set (mse {epochs[-1]['test_mse']:.4f})")
+        b.legend()
+    else:
+        b.plot(e, [r[f"test_{task.metric}"] for r in epochs], "o-", color="C2")
+        b.set(xlabel="epoch", ylabel=f"test {task.metric}", title=f"{task.name} {task.architecture}: test {task.metric}")
+        b.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (a, b):
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -186,13 +270,34 @@ def learning_rate(args: argparse.Namespace, train_examples: int) -> optax.Scalar
     return optax.cosine_decay_schedule(args.lr, args.decay_epochs * (train_examples // args.batch_size))
 
 
+def check_resume(path: pathlib.Path, settings: dict[str, Any]) -> None:
+    """Raise :class:`manualgrad.checkpoint.CheckpointError` if the checkpoint at ``path`` was written
+    with other values of the :data:`RESUME_MUST_MATCH` settings than ``settings``.
+
+    :func:`manualgrad.train.fit` compares them too, but only after restoring the checkpoint into
+    the current model and optimizer state, which fails with a structure error (naming no flag)
+    when the model or the momentum changed. A missing or unreadable checkpoint is left to ``fit``.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stored = json.loads(z["header"].tobytes().decode())["meta"].get("config") or {}
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError, AttributeError):
+        return
+    changed = [f"{k}: {stored.get(k)!r} there, {settings[k]!r} now" for k in RESUME_MUST_MATCH if stored.get(k) != settings[k]]
+    if changed:
+        raise checkpoint.CheckpointError(f"{path} was written with other settings ({'; '.join(changed)})")
+
+
 def run(task: Task, args: argparse.Namespace) -> dict:
     """Train ``task`` with ``args``; write ``metrics.json``, ``curves.png`` and checkpoints; return the metrics."""
     from tqdm import tqdm
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        check_resume(out / CHECKPOINT, {"model": task.architecture, **vars(args)})
     ds = task.load(args.data_dir, args.limit)
+    check_data(args, len(ds.x_train))
     optimizer = train.sgd_with_clipping(learning_rate(args, len(ds.x_train)), args.max_norm, args.momentum)
     config = {
         "task": task.name,
@@ -233,9 +338,10 @@ def run(task: Task, args: argparse.Namespace) -> dict:
         "compile_seconds": result.compile_seconds,
         "epochs": result.epochs,
         "test": {task.metric: last[f"test_{task.metric}"], "loss": last["test_loss"]},
+        "step_loss": result.step_losses,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_curves(out / "curves.png", task, result.epochs)
+    plot_curves(out / "curves.png", task, result, ds)
     return metrics
 
 
@@ -245,6 +351,8 @@ def main(task: Task, description: str, argv: Sequence[str] | None = None) -> int
     check_args(p, args)
     try:
         metrics = run(task, args)
+    except FlagError as e:
+        p.error(str(e))
     except (data.MissingDataError, checkpoint.CheckpointError, train.NonFiniteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

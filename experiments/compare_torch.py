@@ -7,9 +7,10 @@ epoch). The PyTorch run is an ``nn.Sequential`` of the same layers whose weights
 copied from the JAX initial params (``weight = w.T``), fed the very batches of the JAX run
 (each epoch's permutation is recomputed from the same key), trained by
 ``clip_grad_norm_`` then ``torch.optim.SGD`` with the same learning rate per step,
-momentum and clipping norm, in float32. ``DIR/comparison.json`` holds both runs' test
-metrics and per-epoch seconds and the largest absolute parameter difference after each
-epoch; a table is printed. PyTorch is an optional extra (``pip install torch``).
+momentum and clipping norm, in float32 (``--dtype float64``: both in float64).
+``DIR/comparison.json`` holds both runs' test metrics and per-epoch seconds and the largest
+absolute parameter difference after each epoch; a table is printed. PyTorch is an optional
+extra (``pip install torch``).
 
 How close the runs can stay: each step's gradients agree to rounding (float64: 4e-16), but
 ``clip_grad_norm_`` divides by ``norm + 1e-6`` where optax divides by ``norm``, and float32
@@ -166,6 +167,7 @@ def run_jax(task: common.Task, args: argparse.Namespace, ds: data.Dataset, param
 def compare(task: common.Task, args: argparse.Namespace) -> dict:
     """Run both frameworks on ``task`` with ``args`` and return the comparison."""
     ds = task.load(args.data_dir, args.limit)
+    common.check_data(args, len(ds.x_train))
     params = task.init(args.seed)
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -206,16 +208,16 @@ def compare(task: common.Task, args: argparse.Namespace) -> dict:
     }
 
 
+OUT = "runs/compare_{task}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--task", choices=tuple(common.TASKS), required=True)
-    known, _ = pre.parse_known_args(argv)
-    task = common.TASKS[known.task]
-    p = common.parser(task, __doc__, training=False)
+    p = common.parser(None, __doc__, training=False, out=OUT)
     p.add_argument("--task", choices=tuple(common.TASKS), required=True, help="which experiment to compare")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="precision of both runs")
-    p.set_defaults(out=f"runs/compare_{task.name}")
     args = p.parse_args(argv)
+    task = common.TASKS[args.task]
+    common.fill_task_defaults(task, args, out=OUT)
     common.check_args(p, args)
     try:
         import torch  # noqa: F401
@@ -224,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         result = compare(task, args)
+    except common.FlagError as e:
+        p.error(str(e))
     except data.MissingDataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
