@@ -1,0 +1,98 @@
+"""PyTorch agreement by gradients: one batch, every parameter, float64, the same model in both.
+
+PyTorch is an optional extra; without it these tests are skipped. A training run's parameter
+gap mixes gradient errors with the trajectory's own sensitivity (see experiments.compare_torch);
+a single batch's gradients in float64 leave no room for either, so they must agree to rounding.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from manualgrad import losses, nn, train
+
+torch = pytest.importorskip("torch", reason="PyTorch (optional extra) is not installed")
+
+RTOL = 1e-12  # float64: measured largest difference 3.9e-16 of the largest |gradient| entry
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """float64 in JAX for the whole test (tests/conftest.py enables it globally today)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def torch_linear(p):
+    """A float64 torch Linear with the weights of manualgrad's ``{"w": (d_in, d_out), "b"}``."""
+    w = np.asarray(p["w"], np.float64)
+    lin = torch.nn.Linear(*w.shape, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(w.T))
+        lin.bias.copy_(torch.tensor(np.asarray(p["b"], np.float64)))
+    return lin
+
+
+def grads_of(linears):
+    """Each torch Linear's gradient in manualgrad's layout: ``{"b", "w" = weight.grad.T}``."""
+    return [{"b": lin.bias.grad.numpy(), "w": lin.weight.grad.numpy().T} for lin in linears]
+
+
+def linear_params(params):
+    """The Linear layers' params of a (nested) serial/fanout model, in order."""
+    return [p for p in jax.tree_util.tree_leaves(params, is_leaf=lambda p: isinstance(p, dict)) if isinstance(p, dict)]
+
+
+def assert_close(ours, theirs, what):
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        for k in ("w", "b"):
+            np.testing.assert_allclose(
+                np.asarray(a[k]), b[k], rtol=RTOL, atol=RTOL * np.max(np.abs(b[k])), err_msg=f"{what}: Linear {i} {k}"
+            )
+
+
+def init(model, shape, seed=0):
+    _, params = model.init(jax.random.PRNGKey(seed), shape)
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+
+
+@pytest.mark.parametrize("grad", train.GRADS)
+def test_mlp_gradients_equal_torch_autograd(grad):
+    model = nn.serial(nn.Linear(16), nn.ReLU(), nn.Linear(12), nn.ReLU(), nn.Linear(10))
+    params = init(model, (-1, 20))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 20)), rng.integers(0, 10, 32)
+
+    loss, grads = train.loss_and_grad(model, losses.softmax_cross_entropy, grad)(params, jnp.asarray(x), jnp.asarray(y))
+
+    linears = [torch_linear(p) for p in linear_params(params)]
+    net = torch.nn.Sequential(linears[0], torch.nn.ReLU(), linears[1], torch.nn.ReLU(), linears[2])
+    t_loss = torch.nn.functional.cross_entropy(net(torch.tensor(x)), torch.tensor(y))
+    t_loss.backward()
+
+    assert jnp.result_type(loss) == jnp.float64
+    np.testing.assert_allclose(float(loss), t_loss.item(), rtol=RTOL)
+    assert_close(linear_params(grads), grads_of(linears), f"grad={grad}")
+
+
+@pytest.mark.parametrize("grad", train.GRADS)
+def test_two_head_gradients_equal_torch_autograd(grad):
+    """A shared trunk under two heads: the trunk's gradient is the sum of both heads' (fanout)."""
+    model = nn.serial(nn.Linear(16), nn.ReLU(), nn.fanout(nn.Linear(5), nn.serial(nn.Linear(8), nn.ReLU(), nn.Linear(2))))
+    loss_fn = losses.multitask(losses.softmax_cross_entropy, losses.mse)
+    params = init(model, (-1, 12), seed=1)
+    rng = np.random.default_rng(1)
+    x, labels, targets = rng.normal(size=(24, 12)), rng.integers(0, 5, 24), rng.normal(size=(24, 2))
+
+    loss, grads = train.loss_and_grad(model, loss_fn, grad)(params, jnp.asarray(x), (jnp.asarray(labels), jnp.asarray(targets)))
+
+    trunk, head_a, head_b1, head_b2 = (torch_linear(p) for p in linear_params(params))
+    h = torch.relu(trunk(torch.tensor(x)))
+    t_loss = torch.nn.functional.cross_entropy(head_a(h), torch.tensor(labels)) + torch.nn.functional.mse_loss(
+        head_b2(torch.relu(head_b1(h))), torch.tensor(targets)
+    )
+    t_loss.backward()
+
+    np.testing.assert_allclose(float(loss), t_loss.item(), rtol=RTOL)
+    assert_close(linear_params(grads), grads_of([trunk, head_a, head_b1, head_b2]), f"grad={grad}")
