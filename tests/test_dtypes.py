@@ -36,8 +36,8 @@ def mixed(op, ex, primal, wide):
     )
 
 
-CASES = [(jnp.float16, jnp.float32, False), (jnp.bfloat16, jnp.float32, False), (jnp.float32, jnp.float32, False),
-         (jnp.float16, jnp.float64, True), (jnp.bfloat16, jnp.float64, True), (jnp.float32, jnp.float64, True)]
+# narrow primals against wider targets: x64 off (what users run) and on
+CASES = [(jnp.float16, jnp.float32, False), (jnp.bfloat16, jnp.float32, False), (jnp.float32, jnp.float64, True)]
 
 
 @pytest.mark.parametrize("primal, wide, x64", CASES, ids=lambda v: str(getattr(v, "__name__", v)))
