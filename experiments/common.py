@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import sys
-import zipfile
 from typing import Any, Callable, Sequence
 
 import jax
@@ -270,32 +269,12 @@ def learning_rate(args: argparse.Namespace, train_examples: int) -> optax.Scalar
     return optax.cosine_decay_schedule(args.lr, args.decay_epochs * (train_examples // args.batch_size))
 
 
-def check_resume(path: pathlib.Path, settings: dict[str, Any]) -> None:
-    """Raise :class:`manualgrad.checkpoint.CheckpointError` if the checkpoint at ``path`` was written
-    with other values of the :data:`RESUME_MUST_MATCH` settings than ``settings``.
-
-    :func:`manualgrad.train.fit` compares them too, but only after restoring the checkpoint into
-    the current model and optimizer state, which fails with a structure error (naming no flag)
-    when the model or the momentum changed. A missing or unreadable checkpoint is left to ``fit``.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            stored = json.loads(z["header"].tobytes().decode())["meta"].get("config") or {}
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError, AttributeError):
-        return
-    changed = [f"{k}: {stored.get(k)!r} there, {settings[k]!r} now" for k in RESUME_MUST_MATCH if stored.get(k) != settings[k]]
-    if changed:
-        raise checkpoint.CheckpointError(f"{path} was written with other settings ({'; '.join(changed)})")
-
-
 def run(task: Task, args: argparse.Namespace) -> dict:
     """Train ``task`` with ``args``; write ``metrics.json``, ``curves.png`` and checkpoints; return the metrics."""
     from tqdm import tqdm
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.resume:
-        check_resume(out / CHECKPOINT, {"model": task.architecture, **vars(args)})
     ds = task.load(args.data_dir, args.limit)
     check_data(args, len(ds.x_train))
     optimizer = train.sgd_with_clipping(learning_rate(args, len(ds.x_train)), args.max_norm, args.momentum)

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["CheckpointError", "save", "load"]
+__all__ = ["CheckpointError", "save", "load", "read_meta"]
 
 FORMAT = "manualgrad-checkpoint-1"
 
@@ -71,16 +71,8 @@ def save(path: str | os.PathLike, tree: Any, meta: dict[str, Any] | None = None)
         os.close(dir_fd)
 
 
-def load(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, Any]]:
-    """Read the checkpoint at ``path`` into the structure of ``like``; return ``(tree, meta)``.
-
-    ``like`` is a pytree with the expected structure, shapes and dtypes (e.g. freshly
-    initialised params and optimizer state). Raises :class:`CheckpointError` naming the file
-    and what is wrong if the file is missing, unreadable, fails its checksum, or does not
-    match ``like``.
-    """
-    path = pathlib.Path(path)
-    where = f"manualgrad.checkpoint.load: {path}"
+def _read(path: pathlib.Path, where: str) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """The verified header and leaves of the checkpoint at ``path`` (format and checksum checked)."""
     if not path.is_file():
         raise CheckpointError(f"{where}: no such checkpoint file")
     try:
@@ -93,6 +85,27 @@ def load(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, Any]]:
         raise CheckpointError(f"{where}: not a manualgrad checkpoint (format {header.get('format')!r})")
     if _digest(leaves) != header["sha256"]:
         raise CheckpointError(f"{where}: corrupt (the arrays do not match the checksum written with them)")
+    return header, leaves
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of the checkpoint at ``path``, verified like :func:`load` but without
+    restoring the arrays into a model (so settings can be compared before the structure)."""
+    path = pathlib.Path(path)
+    return _read(path, f"manualgrad.checkpoint.read_meta: {path}")[0]["meta"]
+
+
+def load(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, Any]]:
+    """Read the checkpoint at ``path`` into the structure of ``like``; return ``(tree, meta)``.
+
+    ``like`` is a pytree with the expected structure, shapes and dtypes (e.g. freshly
+    initialised params and optimizer state). Raises :class:`CheckpointError` naming the file
+    and what is wrong if the file is missing, unreadable, fails its checksum, or does not
+    match ``like``.
+    """
+    path = pathlib.Path(path)
+    where = f"manualgrad.checkpoint.load: {path}"
+    header, leaves = _read(path, where)
     like_leaves, treedef = jax.tree_util.tree_flatten(like)
     if str(treedef) != header["treedef"]:
         raise CheckpointError(

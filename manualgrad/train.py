@@ -368,14 +368,15 @@ def fit(
     if resume:
         if checkpoint_path is None:
             raise ValueError("manualgrad.train.fit: resume=True needs a checkpoint_path")
-        (params, opt_state), meta = checkpoint.load(checkpoint_path, (params, opt_state))
-        history, step_losses = meta["history"], meta.get("step_losses", [])
-        stored = meta.get("config") or {}
+        # settings first: a changed model or momentum would otherwise fail as a structure mismatch
+        stored = checkpoint.read_meta(checkpoint_path).get("config") or {}
         changed = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in (config or {}).items() if stored.get(k) != v]
         if changed:
             raise checkpoint.CheckpointError(
                 f"manualgrad.train.fit: {checkpoint_path} was written with other settings ({'; '.join(changed)})"
             )
+        (params, opt_state), meta = checkpoint.load(checkpoint_path, (params, opt_state))
+        history, step_losses = meta["history"], meta.get("step_losses", [])
     x, y, x_test, y_test = jax.tree_util.tree_map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test))
     _check_metric(metric, y_test)
     start = time.perf_counter()

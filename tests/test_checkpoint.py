@@ -69,3 +69,12 @@ def test_missing_and_foreign_files_are_refused(tmp_path):
     (tmp_path / "junk.npz").write_text("not a zip")
     with pytest.raises(checkpoint.CheckpointError, match="truncated or corrupt"):
         checkpoint.load(tmp_path / "junk.npz", tree())
+
+
+def test_read_meta_returns_the_verified_metadata_only(tmp_path):
+    path = tmp_path / "ck.npz"
+    checkpoint.save(path, tree(), {"config": {"lr": 0.1}})
+    assert checkpoint.read_meta(path) == {"config": {"lr": 0.1}}
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(checkpoint.CheckpointError, match="read_meta: .*ck.npz: truncated or corrupt"):
+        checkpoint.read_meta(path)
