@@ -198,6 +198,13 @@ class Residuals:
         return f"Residuals({self.values!r})"
 
 
+def _float_dtype(tree: Any, *extra: Any) -> Any:
+    """The promotion of every floating dtype among ``tree``'s leaves and ``extra`` dtypes (None if none)."""
+    dtypes = [jnp.result_type(a) for a in jax.tree_util.tree_leaves(tree)] + [d for d in extra if d is not None]
+    floats = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+    return jnp.result_type(*floats) if floats else None
+
+
 def _avals(tree: Any) -> tuple:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     return treedef, tuple((tuple(np.shape(a)), jnp.result_type(a)) for a in leaves)
@@ -291,13 +298,7 @@ class Op:
 
     def _forward(self, arrays: tuple, static_items: tuple) -> tuple[Any, Residuals]:
         y, values = self._fwd(*arrays, **dict(static_items))
-        floats = [
-            jnp.result_type(leaf)
-            for leaf in jax.tree_util.tree_leaves(arrays)
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
-        ]
-        compute_dtype = jnp.result_type(*floats) if floats else None
-        return y, Residuals(values, static_items, tuple(_avals(a) for a in arrays), compute_dtype)
+        return y, Residuals(values, static_items, tuple(_avals(a) for a in arrays), _float_dtype(arrays))
 
     def bwd(self, res: Residuals, g: Any) -> tuple:
         """The hand-written backward: one cotangent per array argument (``None`` for constants).
@@ -317,8 +318,7 @@ class Op:
                 f"{self.name}: bwd returned {len(cts)} cotangents for "
                 f"{len(self.arg_names)} array arguments {self.arg_names}"
             )
-        floats = [jnp.result_type(a) for a in jax.tree_util.tree_leaves(g)] + [res.compute_dtype]
-        compute_dtype = jnp.result_type(*[d for d in floats if d is not None and jnp.issubdtype(d, jnp.floating)])
+        compute_dtype = _float_dtype(g, res.compute_dtype)
         return tuple(
             None if n in self.constant else self._conform(n, ct, primal, compute_dtype)
             for n, ct, primal in zip(self.arg_names, cts, res.primals)
