@@ -17,8 +17,8 @@ def test_matmul_flops_counts_three_products_per_layer_but_the_first_input_gradie
 # the MNIST-shaped configs: with one output (California Housing) XLA turns the last layer's
 # products into multiply-reduce fusions, which its cost analysis counts differently
 @pytest.mark.parametrize("config", benchmark.CONFIGS[:3], ids=lambda c: f"{c.model}@{c.batch}")
-def test_gemm_floor_does_exactly_the_counted_flops(config):
-    compiled, _ = benchmark.gemm_floor(config)
+def test_gemms_only_does_exactly_the_counted_flops(config):
+    compiled, _ = benchmark.gemms_only(config)
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     # XLA also counts one FLOP per element of any transpose it inserts; the smallest product
@@ -38,7 +38,7 @@ def _result(manual_ms: float, reference_ms: float, fraction: float) -> dict:
     rows = [
         {"model": "m", "batch": 128, "impl": impl, "step_ms": ms, "gflops": 1.0, "temp_bytes": temp}
         for impl, ms, temp in [("manual", manual_ms, 10), ("explicit", manual_ms, 10), ("reference", reference_ms, 12),
-                               ("torch", 2 * manual_ms, None), ("gemm_floor", 0.5, 0)]
+                               ("torch", 2 * manual_ms, None), ("gemms_only", 0.5, 0)]
     ]
     epochs = [{"batch": 128, "epoch": "scan", "grad": "manual", "fraction_of_peak": fraction}]
     return {"rows": rows, "epochs": epochs}
@@ -58,7 +58,7 @@ def test_quick_run_writes_the_json_and_the_report(tmp_path, capsys):
     assert benchmark.main(["--quick", "--no-torch", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "benchmark.json").read_text())
     assert result["device"] and result["gemm_peak_gflops"] > 0
-    assert {r["impl"] for r in result["rows"]} == {"manual", "explicit", "reference", "gemm_floor"}
+    assert {r["impl"] for r in result["rows"]} == {"manual", "explicit", "reference", "gemms_only"}
     for row in result["rows"]:
         assert row["model"] == "8-64-64-1" and row["batch"] == 64
         assert row["step_ms"] > 0 and row["gflops"] > 0
