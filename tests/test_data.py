@@ -1,6 +1,10 @@
-"""Data: TFDS builders (TensorFlow-free) over tiny files the tests write, the real files when present."""
+"""Data: TFDS builders (TensorFlow-free) over tiny files the tests write, the real files when present
+(MNIST, Fashion-MNIST, California Housing), the online path with TFDS faked."""
 
+import gzip
+import hashlib
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -9,7 +13,7 @@ import numpy as np
 import pytest
 
 from manualgrad import data
-from manualgrad.data import california_housing, mnist, source
+from manualgrad.data import california_housing, fashion_mnist, mnist, source
 from tests.conftest import ROOT
 from tests.tiny_data import tiny_cal_housing, tiny_mnist, write_idx
 
@@ -169,10 +173,12 @@ def test_batches_reshuffle_each_epoch_and_keep_the_partial_batch():
 
 def test_tensorflow_is_never_imported(tmp_path):
     tiny_mnist(tmp_path / "data", n_train=20, n_test=10)
+    tiny_fashion_mnist(tmp_path / "data", n_train=20, n_test=10)
     tiny_cal_housing(tmp_path / "data", n=50)
     code = (
         "import sys; from manualgrad import data; "
         f"data.load('mnist', {str(tmp_path / 'data')!r}, cache_dir={str(tmp_path / 'cache')!r}); "
+        f"data.load('fashion_mnist', {str(tmp_path / 'data')!r}, cache_dir={str(tmp_path / 'cache')!r}); "
         f"data.load('california_housing', {str(tmp_path / 'data')!r}, cache_dir={str(tmp_path / 'cache')!r}); "
         "import experiments.common, manualgrad.train; "
         "bad = [m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.')]; "
@@ -201,3 +207,141 @@ def test_real_california_housing(shared_data, no_network):
     np.testing.assert_allclose(ds.x_train.std(0), 1, atol=1e-4)
     assert 0.14 < ds.y_train.min() and ds.y_train.max() <= 5.00001  # values are capped at $500,001
     assert ds.info["features"] == california_housing.FEATURES
+
+
+# -- Fashion-MNIST: the MNIST mechanism (mnist.IdxBuilder) over fashion_mnist/ ----------
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+# MD5 of the uncompressed IDX files, from ../shared/data/README.md (the original distribution's)
+FASHION_MD5 = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+
+
+def tiny_fashion_mnist(root, **kwargs):
+    """tests.tiny_data's MNIST-layout files, moved to <root>/fashion_mnist/."""
+    written = tiny_mnist(root / "tmp", **kwargs)
+    (root / "tmp" / "mnist").rename(root / "fashion_mnist")
+    return written
+
+
+def as_rows(x, y):
+    """(image, label) pairs as one sorted array of byte rows: compares datasets whatever their order."""
+    rows = np.concatenate([x.reshape(len(x), -1), y.astype(np.uint8)[:, None]], 1)
+    return np.sort(np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))).ravel())
+
+
+def test_fashion_mnist_builder_over_idx_files(tmp_path, no_network):
+    written = tiny_fashion_mnist(tmp_path / "data", n_train=200, n_test=50)
+    ds = data.load("fashion_mnist", tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert ds.name == "fashion_mnist" and ds.info["source"] == str((tmp_path / "data" / "fashion_mnist").resolve())
+    assert ds.x_train.shape == (200, 28, 28, 1) and ds.x_test.shape == (50, 28, 28, 1) and ds.x_train.dtype == np.uint8
+    assert ds.y_train.dtype == ds.y_test.dtype == np.int32
+    assert ds.info["class_names"] == FASHION_CLASSES and ds.info["num_classes"] == 10
+    for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+        np.testing.assert_array_equal(as_rows(x[..., 0], y), as_rows(*written[split]))
+    # the same structure as load_mnist's, over the same files
+    (tmp_path / "data" / "fashion_mnist").rename(tmp_path / "data" / "mnist")
+    digits = data.load_mnist(tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert set(digits.info) == set(ds.info) and digits.info["class_names"] == tuple("0123456789")
+    for a, b in zip((ds.x_train, ds.y_train, ds.x_test, ds.y_test), (digits.x_train, digits.y_train, digits.x_test, digits.y_test)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_array_equal(as_rows(digits.x_train[..., 0], digits.y_train), as_rows(ds.x_train[..., 0], ds.y_train))
+
+
+def test_fashion_mnist_missing_files_and_bad_labels(tmp_path, no_network):
+    (tmp_path / "fashion_mnist").mkdir()
+    with pytest.raises(data.MissingDataError) as e:
+        data.load_fashion_mnist(tmp_path, cache_dir=tmp_path / "cache")
+    msg = str(e.value)
+    assert "manualgrad.data.load_fashion_mnist" in msg and "Fashion-MNIST" in msg and "--data-dir" in msg
+    for name in FASHION_MD5:
+        assert str(tmp_path / "fashion_mnist" / name) in msg and str(tmp_path / "fashion_mnist" / f"{name}.gz") in msg
+    (tmp_path / "fashion_mnist").rmdir()
+    tiny_fashion_mnist(tmp_path, n_train=20, n_test=10)
+    write_idx(tmp_path / "fashion_mnist" / "t10k-labels-idx1-ubyte", np.full(10, 10, np.uint8))
+    with pytest.raises(ValueError, match="load_fashion_mnist: .*t10k-labels-idx1-ubyte.gz has label 10 > 9"):
+        data.load_fashion_mnist(tmp_path, cache_dir=tmp_path / "cache")
+
+
+def test_without_a_data_dir_fashion_mnist_comes_from_the_tfds_catalog(tmp_path, monkeypatch):
+    monkeypatch.delenv(source.DATA_DIR_ENV, raising=False)
+    calls = []
+
+    def data_source(name, **kwargs):
+        calls.append(name)
+        return fake_mnist_sources()
+
+    monkeypatch.setattr(mnist.tfds, "data_source", data_source)
+    ds = data.load("fashion_mnist", cache_dir=tmp_path)
+    assert calls == ["fashion_mnist"] and ds.info["source"] == "tfds catalog: fashion_mnist"
+    assert ds.x_train.shape == (4, 28, 28, 1) and list(ds.y_test) == [3, 3] and ds.info["class_names"] == FASHION_CLASSES
+
+
+def test_fashion_catalog_needing_tensorflow_falls_back_to_downloading_the_idx_files(tmp_path, monkeypatch):
+    monkeypatch.delenv(source.DATA_DIR_ENV, raising=False)
+
+    def data_source(name, **kwargs):
+        raise ModuleNotFoundError("No module named 'tensorflow'")
+
+    builders = []
+
+    def prepare(builder):
+        builders.append(builder)
+        return fake_mnist_sources()
+
+    monkeypatch.setattr(mnist.tfds, "data_source", data_source)
+    monkeypatch.setattr(mnist, "prepare", prepare)
+    ds = data.load("fashion_mnist", cache_dir=tmp_path / "cache")
+    (builder,) = builders
+    assert isinstance(builder, fashion_mnist.FashionMnistIdx) and builder.source_dir is None
+    assert ds.info["source"] == fashion_mnist.URL == "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+    # the builder asks TFDS's download manager for the four files at the catalog's URL
+    written = tiny_fashion_mnist(tmp_path / "downloads", n_train=20, n_test=10)
+
+    class FakeDownloads:
+        def download(self, urls):
+            self.urls = urls
+            return {name: tmp_path / "downloads" / "fashion_mnist" / name for name in urls}
+
+    dl = FakeDownloads()
+    splits = builder._split_generators(dl)
+    assert sorted(dl.urls.values()) == sorted(fashion_mnist.URL + name + ".gz" for name in FASHION_MD5)
+    examples = [ex for _, ex in splits["test"]]
+    np.testing.assert_array_equal(as_rows(np.stack([e["image"][..., 0] for e in examples]), np.array([e["label"] for e in examples])),
+                                  as_rows(*written["test"]))
+
+
+@pytest.fixture(scope="session")
+def shared_fashion_mnist():
+    """The folder holding the real fashion_mnist/ (the one holding mnist/, see tests.conftest)."""
+    chosen = os.environ.get("MANUALGRAD_DATA_DIR")
+    path = (pathlib.Path(chosen) if chosen else ROOT.parent / "shared" / "data").resolve()
+    if not (path / "fashion_mnist").is_dir():
+        pytest.skip(f"the real Fashion-MNIST files are absent ({path / 'fashion_mnist'} is not a folder; "
+                    "set MANUALGRAD_DATA_DIR to a folder holding fashion_mnist/)")
+    return path
+
+
+def test_real_fashion_mnist(shared_fashion_mnist, no_network):
+    folder = shared_fashion_mnist / "fashion_mnist"
+    raw = {}
+    for name, md5 in FASHION_MD5.items():
+        (path,) = source.find_files("test", folder, [name], "")
+        raw[name] = mnist.read_idx(path)
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            assert hashlib.md5(f.read()).hexdigest() == md5, f"{path} is not the README's Fashion-MNIST"
+    assert raw["train-labels-idx1-ubyte"][0] == 9  # the first training image is an ankle boot
+    ds = data.load("fashion_mnist", shared_fashion_mnist)
+    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1) and ds.x_train.dtype == np.uint8
+    assert ds.y_train.min() == 0 and ds.y_train.max() == 9 and ds.y_test.min() == 0 and ds.y_test.max() == 9
+    assert np.bincount(ds.y_train, minlength=10).tolist() == [6000] * 10
+    assert np.bincount(ds.y_test, minlength=10).tolist() == [1000] * 10
+    assert ds.info["class_names"] == FASHION_CLASSES and ds.info["source"] == str(folder)
+    # exactly the files' examples (TFDS keeps its own order)
+    np.testing.assert_array_equal(as_rows(ds.x_train[..., 0], ds.y_train),
+                                  as_rows(raw["train-images-idx3-ubyte"], raw["train-labels-idx1-ubyte"]))
+    np.testing.assert_array_equal(as_rows(ds.x_test[..., 0], ds.y_test),
+                                  as_rows(raw["t10k-images-idx3-ubyte"], raw["t10k-labels-idx1-ubyte"]))

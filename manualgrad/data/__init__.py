@@ -1,12 +1,14 @@
 """Datasets through TensorFlow Datasets, without TensorFlow, and batching.
 
-``load("mnist" | "california_housing", data_dir=None)`` returns a :class:`Dataset` of
-NumPy arrays. The data folder is ``data_dir``, else ``$MANUALGRAD_DATA_DIR``, else the
-dataset's online source; see :mod:`manualgrad.data.source` for the layout and the cache.
+``load("mnist" | "fashion_mnist" | "california_housing", data_dir=None)`` returns a
+:class:`Dataset` of NumPy arrays. The data folder is ``data_dir``, else
+``$MANUALGRAD_DATA_DIR``, else the dataset's online source; see :mod:`manualgrad.data.source`
+for the layout and the cache.
 
 Only the loaders need ``tensorflow_datasets`` (the ``data`` extra): they are imported on
-first use (``load``, ``load_mnist``, ``load_california_housing``, ``LOADERS``), so
-:class:`Dataset`, :class:`Batches` and :class:`MissingDataError` work without it.
+first use (``load``, ``load_mnist``, ``load_fashion_mnist``, ``load_california_housing``,
+``LOADERS``), so :class:`Dataset`, :class:`Batches` and :class:`MissingDataError` work
+without it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from manualgrad.data.dataset import DATA_DIR_ENV, Dataset, MissingDataError, res
 __all__ = [
     "load",
     "load_mnist",
+    "load_fashion_mnist",
     "load_california_housing",
     "Batches",
     "Dataset",
@@ -31,25 +34,26 @@ __all__ = [
     "NAMES",
 ]
 
-NAMES = ("mnist", "california_housing")
+NAMES = ("mnist", "fashion_mnist", "california_housing")
 
 
 def _loaders() -> dict[str, Callable[..., Dataset]]:
     """The loader of each of :data:`NAMES` (importing them imports ``tensorflow_datasets``)."""
     from manualgrad.data.california_housing import load_california_housing
+    from manualgrad.data.fashion_mnist import load_fashion_mnist
     from manualgrad.data.mnist import load_mnist
 
-    return {"mnist": load_mnist, "california_housing": load_california_housing}
+    return {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "california_housing": load_california_housing}
 
 
 def __getattr__(name: str) -> Any:
-    """``LOADERS``, ``load_mnist``, ``load_california_housing`` and the TFDS-backed submodules
-    (``source``, ``mnist``, ``california_housing``), imported on first use (PEP 562)."""
-    if name in ("LOADERS", "load_mnist", "load_california_housing"):
+    """``LOADERS``, ``load_<name>`` for each of :data:`NAMES` and the TFDS-backed submodules
+    (``source``, ``mnist``, ``fashion_mnist``, ``california_housing``), imported on first use (PEP 562)."""
+    if name == "LOADERS" or name in {f"load_{n}" for n in NAMES}:
         loaders = _loaders()
-        globals().update(LOADERS=loaders, load_mnist=loaders["mnist"], load_california_housing=loaders["california_housing"])
+        globals().update(LOADERS=loaders, **{f"load_{n}": loader for n, loader in loaders.items()})
         return globals()[name]
-    if name in ("source", "mnist", "california_housing"):
+    if name in ("source", *NAMES):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
