@@ -48,30 +48,34 @@ def as_loss_op(loss: Any, where: str) -> tuple[Op, dict[str, Any]]:
 
 
 def value_and_grad(model: Layer, loss: Op, *, trace: bool = False) -> Callable[..., tuple]:
-    """Return ``f(params, x, target) -> (loss_value, grads)`` computed by explicit backprop.
+    """Return ``f(params, x, target, *, state=None, key=None) -> (loss_value, grads)`` computed
+    by explicit backprop, the model in training mode.
 
     ``loss`` is an op taking ``(prediction, target)``, or ``functools.partial`` of one that
     fixes static params by keyword (its own ``fwd``/``bwd`` rules are run); for a ``fanout`` model the
     prediction and the target are tuples (see :func:`manualgrad.losses.multitask`).
-    ``grads`` has the structure of ``params``. With ``trace=True`` the function returns
-    ``(loss_value, grads, trace)``, where ``trace`` (a :class:`manualgrad.trace.Trace`)
-    holds, for every layer in forward order, its input, output, upstream gradient
-    ``dL/dy``, input gradient ``dL/dx`` and parameter gradients, followed by the loss's
-    entry. ``print(trace)`` gives a step-by-step transcript. The function is jittable.
+    ``grads`` has the structure of ``params``. When ``state`` is passed the new state comes
+    back after the grads, ``(loss_value, grads, state)``; ``key`` feeds dropout. With
+    ``trace=True`` a :class:`manualgrad.trace.Trace` is appended to the result: for every
+    layer in forward order its input, output, upstream gradient ``dL/dy``, input gradient
+    ``dL/dx`` and parameter gradients, followed by the loss's entry. ``print(trace)`` gives a
+    step-by-step transcript. The function is jittable.
     """
 
     op, static = as_loss_op(loss, "manualgrad.backprop.value_and_grad")
 
-    def run(params: Any, x: Any, target: Any) -> tuple:
+    def run(params: Any, x: Any, target: Any, *, state: Any = None, key: Any = None) -> tuple:
         with _trace.recording(enabled=trace) as tape:
-            y, res = model.fwd(params, x)
+            if state is None:
+                y, res = model.fwd(params, x, key=key, train=True)
+            else:
+                y, new_state, res = model.fwd(params, x, state=state, key=key, train=True)
             value, loss_res = op.fwd(y, target, **static)
             y_bar = op.bwd(loss_res, jnp.ones_like(value))[0]
             slot = _trace.record_forward(op.name, y, value)
             _trace.record_backward(slot, jnp.ones_like(value), (), y_bar)
             grads, _ = model.bwd(res, y_bar)
-        if trace:
-            return value, grads, _trace.Trace(tape.entries)
-        return value, grads
+        out = (value, grads) if state is None else (value, grads, new_state)
+        return out + (_trace.Trace(tape.entries),) if trace else out
 
     return run

@@ -32,6 +32,7 @@ from manualgrad import backprop, checkpoint
 from manualgrad.trees import num_examples, take
 from manualgrad.core import Op, reference_mode
 from manualgrad.nn import Layer
+from manualgrad.nn.layer import init_state
 
 __all__ = [
     "GRADS",
@@ -42,6 +43,7 @@ __all__ = [
     "make_train_step",
     "make_epoch",
     "epoch_key",
+    "step_key",
     "epoch_permutation",
     "check_finite",
     "evaluate",
@@ -86,42 +88,56 @@ def sgd_with_clipping(
     )
 
 
-def loss_and_grad(model: Layer, loss: Op, grad: str = "manual") -> Callable[[Any, Any, Any], tuple[jax.Array, Any]]:
-    """``f(params, x, y) -> (loss_value, grads)`` with the gradient from the source ``grad``."""
+def loss_and_grad(model: Layer, loss: Op, grad: str = "manual") -> Callable[..., tuple]:
+    """``f(params, x, y, *, state=None, key=None)`` with the gradient from the source ``grad``.
+
+    The model runs in training mode. Returns ``(loss_value, grads)``, or ``(loss_value,
+    grads, new_state)`` when ``state`` is passed (pass state, get state back); ``key``
+    feeds dropout.
+    """
     if grad not in GRADS:
         raise ValueError(f"manualgrad.train: grad must be one of {GRADS}, got {grad!r}")
     if grad == "explicit":
         return backprop.value_and_grad(model, loss)
 
-    def objective(params, x, y):
-        return loss(model.apply(params, x), y)
+    def objective(params, x, y, state, key):
+        if state is None:
+            return loss(model.apply(params, x, key=key, train=True), y), None
+        pred, state = model.apply(params, x, state=state, key=key, train=True)
+        return loss(pred, y), state
 
-    manual = jax.value_and_grad(objective)
-    if grad == "manual":
-        return manual
+    manual = jax.value_and_grad(objective, has_aux=True)
 
-    def reference(params, x, y):
-        with reference_mode():  # read while tracing: every op runs its plain reference
-            return manual(params, x, y)
+    def run(params, x, y, *, state=None, key=None):
+        if grad == "manual":
+            (value, new_state), grads = manual(params, x, y, state, key)
+        else:
+            with reference_mode():  # read while tracing: every op runs its plain reference
+                (value, new_state), grads = manual(params, x, y, state, key)
+        return (value, grads) if state is None else (value, grads, new_state)
 
-    return reference
+    return run
 
 
 def make_update(
     model: Layer, loss: Op, optimizer: optax.GradientTransformation, grad: str = "manual"
-) -> Callable[[Any, Any, Any, Any], tuple[Any, Any, dict]]:
-    """The pure update ``(params, opt_state, x, y) -> (params, opt_state, metrics)``.
+) -> Callable[..., tuple]:
+    """The pure update ``(params, opt_state, x, y, *, state=None, key=None) -> (params, opt_state, metrics)``,
+    with the new state appended, ``(params, opt_state, metrics, state)``, when ``state`` is passed.
 
     ``metrics`` holds the batch ``"loss"`` and the raw gradient's global norm
-    ``"grad_norm"`` (before clipping), both scalars.
+    ``"grad_norm"`` (before clipping), both scalars. The model runs in training mode
+    (``key`` feeds its dropout layers).
     """
     value_and_grad = loss_and_grad(model, loss, grad)
 
-    def update(params, opt_state, x, y):
-        value, grads = value_and_grad(params, x, y)
+    def update(params, opt_state, x, y, *, state=None, key=None):
+        out = value_and_grad(params, x, y, state=state, key=key)
+        value, grads = out[:2]
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads)}
+        return (params, opt_state, metrics) if state is None else (params, opt_state, metrics, out[2])
 
     return update
 
@@ -131,15 +147,18 @@ def make_train_step(
 ) -> Callable[[Any, Any, Batch], tuple[Any, Any, dict]]:
     """One jitted, pure train step ``(params, opt_state, (x, y)) -> (params, opt_state, metrics)``.
 
+    For models with state or dropout: ``step(params, opt_state, batch, state=state, key=key)
+    -> (params, opt_state, metrics, state)`` (pass state, get state back; a fresh ``key`` per
+    step, e.g. ``jax.random.fold_in(key, step)``).
     ``params`` and ``opt_state`` are donated: their buffers are reused for the new values,
     so the arrays passed in must not be used after the call (keep the returned ones).
     ``grad`` is ``"manual"``, ``"explicit"`` or ``"reference"`` (see the module docstring).
     """
     update = make_update(model, loss, optimizer, grad)
 
-    def step(params, opt_state, batch):
+    def step(params, opt_state, batch, state=None, key=None):
         x, y = batch
-        return update(params, opt_state, x, y)
+        return update(params, opt_state, x, y, state=state, key=key)
 
     return jax.jit(step, donate_argnums=(0, 1))
 
@@ -171,35 +190,48 @@ def make_epoch(
     optimizer: optax.GradientTransformation,
     batch_size: int,
     grad: str = "manual",
-) -> Callable[[Any, Any, jax.Array, jax.Array, jax.Array], tuple[Any, Any, dict]]:
-    """One whole epoch as a single jitted call: ``(params, opt_state, x, y, key) -> (params, opt_state, metrics)``.
+) -> Callable[..., tuple]:
+    """One whole epoch as a single jitted call: ``(params, opt_state, x, y, key) -> (params, opt_state, metrics)``,
+    or with the model's state ``(params, opt_state, x, y, key, state) -> (params, opt_state, metrics, state)``.
 
     ``x`` and ``y`` are the whole training set, resident on the device (arrays, or pytrees of
     arrays with a common leading axis, such as one target per head). The epoch draws a
     permutation from ``key`` (see :func:`epoch_permutation`: the last ``n % batch_size``
     examples of each epoch's permutation are dropped), then ``lax.scan`` runs the update of
     :func:`make_update` over the ``n // batch_size`` batches, gathering each batch on the
-    device. ``metrics["loss"]`` and ``metrics["grad_norm"]`` have one entry per step.
-    The function compiles once per dataset shape; params and optimizer state are donated.
+    device. The model runs in training mode; step ``i`` (0-based) gets the dropout key
+    ``fold_in(fold_in(key, 1), i)`` (:func:`step_key`), independent of the permutation's, and
+    the state travels in the scan's carry. ``metrics["loss"]`` and ``metrics["grad_norm"]``
+    have one entry per step. The function compiles once per dataset shape; params,
+    optimizer state and state are donated.
     """
     if batch_size < 1:
         raise ValueError(f"manualgrad.train.make_epoch: batch_size must be >= 1, got {batch_size}")
     update = make_update(model, loss, optimizer, grad)
 
-    def epoch(params, opt_state, x, y, key):
+    def epoch(params, opt_state, x, y, key, state=None):
         n = num_examples("manualgrad.train.epoch", x=x, y=y)
         if n < batch_size:
             raise ValueError(f"manualgrad.train.epoch: {n} examples make no batch of batch_size={batch_size}")
+        batches = epoch_permutation(key, n, batch_size)
 
-        def body(carry, idx):
-            params, opt_state = carry
-            params, opt_state, metrics = update(params, opt_state, take(x, idx), take(y, idx))
-            return (params, opt_state), metrics
+        def body(carry, step):
+            params, opt_state, state = carry
+            idx = batches[step]
+            out = update(params, opt_state, take(x, idx), take(y, idx), state=state, key=step_key(key, step))
+            return (out[0], out[1], None if state is None else out[3]), out[2]
 
-        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), epoch_permutation(key, n, batch_size))
-        return params, opt_state, metrics
+        (params, opt_state, state_out), metrics = jax.lax.scan(
+            body, (params, opt_state, state), jnp.arange(batches.shape[0])
+        )
+        return (params, opt_state, metrics) if state is None else (params, opt_state, metrics, state_out)
 
-    return jax.jit(epoch, donate_argnums=(0, 1))
+    return jax.jit(epoch, donate_argnums=(0, 1, 5))
+
+
+def step_key(key: jax.Array, step: jax.Array | int) -> jax.Array:
+    """The dropout key of step ``step`` (0-based) of the epoch whose shuffling key is ``key``."""
+    return jax.random.fold_in(jax.random.fold_in(key, 1), step)
 
 
 def check_finite(metrics: dict, epoch: int, first_step: int = 1) -> None:
@@ -268,6 +300,7 @@ def evaluate(
     *,
     metric: str | None | tuple[str | None, ...] = None,
     batch_size: int = 8192,
+    state: Any = None,
 ) -> dict[str, float]:
     """Mean loss over ``(x, y)`` and the test metric you name.
 
@@ -278,7 +311,8 @@ def evaluate(
     head; the result then holds ``head{i}_{metric}`` and, when ``loss`` is a
     :func:`manualgrad.losses.multitask`, each head's own ``head{i}_loss``.
 
-    Runs in chunks of ``batch_size`` examples (one compilation for the full chunks and one
+    The model runs in evaluation mode (dropout off; batch norm with the running statistics
+    in ``state``, which models with batch norm need). Runs in chunks of ``batch_size`` examples (one compilation for the full chunks and one
     for the remainder) and weights each chunk by its size, so the result is the mean over
     all examples whatever the chunking.
     """
@@ -288,15 +322,15 @@ def evaluate(
     for start in range(0, n, batch_size):
         chunk = slice(start, start + batch_size)
         xb, yb = (jax.tree_util.tree_map(lambda a: jnp.asarray(a[chunk]), t) for t in (x, y))
-        for k, v in _evaluate_chunk(model, loss, metrics, params, xb, yb).items():
+        for k, v in _evaluate_chunk(model, loss, metrics, params, xb, yb, state).items():
             totals[k] = totals.get(k, 0.0) + float(v)
     return {k: totals[k] / (n if k.endswith("loss") else totals[f"{k}/count"]) for k in totals if not k.endswith("/count")}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _evaluate_chunk(model, loss, metrics, params, x, y):
+def _evaluate_chunk(model, loss, metrics, params, x, y, state):
     """Sums over the chunk: losses times its size, and each metric's sum and count."""
-    pred = model.apply(params, x)
+    pred = model.apply(params, x) if state is None else model.apply(params, x, state=state)[0]
     m = num_examples("manualgrad.train.evaluate", x=x)
     out = {"loss": loss(pred, y) * m}
     heads = isinstance(y, tuple)
@@ -313,14 +347,16 @@ def _evaluate_chunk(model, loss, metrics, params, x, y):
 
 
 class History(NamedTuple):
-    """What :func:`fit` returns: final params and optimizer state, one dict per epoch, and the
-    training loss of every step (one list per epoch)."""
+    """What :func:`fit` returns: final params and optimizer state, one dict per epoch, the
+    training loss of every step (one list per epoch), and the model's final state
+    (batch norm's running statistics; empty tuples for a model without state)."""
 
     params: Any
     opt_state: Any
     epochs: list[dict[str, float]]
     compile_seconds: float
     step_losses: list[list[float]]
+    state: Any = ()
 
 
 def fit(
@@ -339,6 +375,7 @@ def fit(
     resume: bool = False,
     config: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, float], Any], None] | None = None,
+    state: Any = None,
 ) -> History:
     """Train for ``epochs`` scanned epochs, evaluating on the test split after each.
 
@@ -349,7 +386,9 @@ def fit(
     steps), ``grad_norm_max`` (largest raw gradient norm), ``seconds`` (training time, without
     compilation, which is done ahead and reported as ``compile_seconds``), and the test
     metrics of :func:`evaluate` prefixed ``test_``. The caller's ``params`` are copied, not
-    consumed.
+    consumed. The model trains in training mode (step keys from :func:`step_key`) and is
+    evaluated in evaluation mode; its ``state`` starts from ``model.init_state`` unless given,
+    and travels with params through the epochs, the checkpoints and the result.
 
     With ``checkpoint_path``, params, optimizer state and the history are saved atomically
     after every epoch; ``resume=True`` continues from that checkpoint, and the result is
@@ -363,7 +402,11 @@ def fit(
     """
     history: list[dict[str, float]] = []
     step_losses: list[list[float]] = []
-    params = jax.tree_util.tree_map(jnp.array, params)  # a copy: the epochs donate their input buffers
+    x, y, x_test, y_test = jax.tree_util.tree_map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test))
+    if state is None:
+        state = init_state(model, (batch_size,) + tuple(jax.tree_util.tree_leaves(x)[0].shape[1:]))[1]
+    # copies: the epochs donate their input buffers
+    params, state = jax.tree_util.tree_map(jnp.array, (params, state))
     opt_state = optimizer.init(params)
     if resume:
         if checkpoint_path is None:
@@ -375,20 +418,19 @@ def fit(
             raise checkpoint.CheckpointError(
                 f"manualgrad.train.fit: {checkpoint_path} was written with other settings ({'; '.join(changed)})"
             )
-        (params, opt_state), meta = checkpoint.load(checkpoint_path, (params, opt_state))
+        (params, opt_state, state), meta = checkpoint.load(checkpoint_path, (params, opt_state, state))
         history, step_losses = meta["history"], meta.get("step_losses", [])
-    x, y, x_test, y_test = jax.tree_util.tree_map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test))
     _check_metric(metric, y_test)
     start = time.perf_counter()
-    run_epoch = make_epoch(model, loss, optimizer, batch_size, grad).lower(params, opt_state, x, y, key).compile()
+    run_epoch = make_epoch(model, loss, optimizer, batch_size, grad).lower(params, opt_state, x, y, key, state).compile()
     compile_seconds = time.perf_counter() - start
     for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
-        params, opt_state, metrics = run_epoch(params, opt_state, x, y, epoch_key(key, epoch))
+        params, opt_state, metrics, state = run_epoch(params, opt_state, x, y, epoch_key(key, epoch), state)
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - start
         check_finite(metrics, epoch)
-        test = evaluate(model, params, x_test, y_test, loss, metric=metric)
+        test = evaluate(model, params, x_test, y_test, loss, metric=metric, state=state)
         entry = {
             "epoch": epoch,
             "train_loss": float(np.mean(metrics["loss"])),
@@ -400,7 +442,7 @@ def fit(
         step_losses.append(np.asarray(metrics["loss"], np.float64).tolist())
         if checkpoint_path is not None:
             meta = {"history": history, "step_losses": step_losses, "config": config}
-            checkpoint.save(checkpoint_path, (params, opt_state), meta)
+            checkpoint.save(checkpoint_path, (params, opt_state, state), meta)
         if on_epoch is not None:
             on_epoch(entry, params)
-    return History(params, opt_state, history, compile_seconds, step_losses)
+    return History(params, opt_state, history, compile_seconds, step_losses, state)

@@ -11,10 +11,25 @@ from manualgrad import backprop, losses, nn
 from tests.helpers import as_float64, assert_trees_close, three_gradients
 
 
-def test_layer_is_a_four_field_namedtuple():
-    layer = nn.Linear(3)
-    init, apply, fwd, bwd = layer
-    assert nn.Layer._fields == ("init", "apply", "fwd", "bwd")
+def test_layer_is_the_stax_namedtuple_plus_init_state():
+    assert nn.Layer._fields == ("init", "apply", "fwd", "bwd", "init_state")
+    init, apply, fwd, bwd, init_state = nn.Linear(3)
+    assert init_state((2, 4)) == ((2, 3), ())
+
+
+def test_a_hand_made_four_function_layer_still_works_everywhere():
+    """Migration: Layer(init, apply, fwd, bwd) of the stateless form, inside serial, trained and traced."""
+    lin = nn.Linear(2)
+    double = nn.Layer(lambda k, s: (s, ()), lambda p, x: 2.0 * x, lambda p, x: (2.0 * x, None), lambda r, g: ((), 2.0 * g))
+    model = nn.serial(lin, double)
+    _, params = model.init(jax.random.PRNGKey(0), (3, 4))
+    assert nn.init_state(double, (3, 4)) == ((3, 4), ())
+    assert model.init_state((3, 4)) == ((3, 2), ((), ()))
+    x, y = jnp.ones((3, 4), jnp.float32), jnp.zeros((3, 2), jnp.float32)
+    value, grads = backprop.value_and_grad(model, losses.mse)(params, x, y)
+    ref_value, ref_grads = jax.value_and_grad(lambda p: losses.mse(model.apply(p, x), y))(params)
+    assert_trees_close(grads, ref_grads, rtol=1e-6)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
 
 
 def test_linear_params_layout_and_shapes():

@@ -213,7 +213,7 @@ def test_non_finite_input_stops_training_naming_epoch_and_step_and_keeps_the_che
     bad = data.Dataset("toy", bad_x, ds.y_train, ds.x_test, ds.y_test)
     with pytest.raises(train.NonFiniteError, match=r"epoch 2, step 1: loss=nan"):
         fit(bad, params, 3, checkpoint_path=path, resume=True)
-    (restored, _), meta = checkpoint.load(path, (params, optimizer().init(params)))
+    (restored, _, _), meta = checkpoint.load(path, (params, optimizer().init(params), good.state))
     assert len(meta["history"]) == 1
     for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(good.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

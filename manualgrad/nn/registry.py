@@ -1,0 +1,62 @@
+"""Every layer the library defines, with an input shape: the layer registry the tests walk.
+
+``LAYERS[name]`` is a :class:`LayerExample`: a constructor (called fresh for each check) and an
+input shape (batch axis first). One parametrized test checks each entry's init/apply shape
+agreement and its ``bwd`` against ``jax.vjp`` of its ``apply``, in training and evaluation
+mode; add your own layers to it the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from manualgrad.nn import dense, vision
+from manualgrad.nn.layer import Layer, fanout, serial
+
+__all__ = ["LayerExample", "LAYERS"]
+
+
+class LayerExample(NamedTuple):
+    make: Callable[[], Layer]
+    input_shape: tuple
+
+
+LAYERS: dict[str, LayerExample] = {
+    "Linear": LayerExample(lambda: dense.Linear(3), (2, 4)),
+    "Linear-glorot": LayerExample(lambda: dense.Linear(2, init="glorot"), (2, 3, 4)),
+    "Identity": LayerExample(dense.Identity, (2, 3)),
+    "ReLU": LayerExample(dense.ReLU, (2, 3)),
+    "LeakyReLU": LayerExample(lambda: dense.LeakyReLU(0.1), (2, 3)),
+    "ScaledReLU": LayerExample(lambda: dense.ScaledReLU(3.0), (2, 3)),
+    "Sigmoid": LayerExample(dense.Sigmoid, (2, 3)),
+    "Tanh": LayerExample(dense.Tanh, (2, 3)),
+    "Softplus": LayerExample(dense.Softplus, (2, 3)),
+    "GELU": LayerExample(dense.GELU, (2, 3)),
+    "Square": LayerExample(dense.Square, (2, 3)),
+    "Softmax": LayerExample(dense.Softmax, (2, 4)),
+    "LogSoftmax": LayerExample(dense.LogSoftmax, (2, 4)),
+    "Flatten": LayerExample(dense.Flatten, (2, 3, 2, 2)),
+    "Conv2D": LayerExample(lambda: vision.Conv2D(3, 3, padding="SAME"), (2, 5, 5, 2)),
+    "Conv2D-strided-grouped": LayerExample(
+        lambda: vision.Conv2D(4, (2, 3), stride=2, padding=((1, 0), (2, 1)), dilation=1, groups=2), (1, 6, 5, 2)
+    ),
+    "MaxPool2D": LayerExample(lambda: vision.MaxPool2D(2), (2, 4, 4, 3)),
+    "MaxPool2D-overlapping": LayerExample(lambda: vision.MaxPool2D(3, stride=2, padding=1), (1, 5, 5, 2)),
+    "AvgPool2D": LayerExample(lambda: vision.AvgPool2D(2, stride=1), (2, 3, 3, 2)),
+    "BatchNorm": LayerExample(vision.BatchNorm, (4, 3, 3, 2)),
+    "BatchNorm-dense": LayerExample(lambda: vision.BatchNorm(momentum=0.3), (5, 3)),
+    "LayerNorm": LayerExample(vision.LayerNorm, (2, 3, 4)),
+    "Dropout": LayerExample(lambda: vision.Dropout(0.4), (3, 5)),
+    "serial-cnn": LayerExample(
+        lambda: serial(
+            vision.Conv2D(3, 3, padding=1), vision.BatchNorm(), dense.ReLU(), vision.MaxPool2D(2),
+            vision.Dropout(0.25), dense.Flatten(), dense.Linear(4),
+        ),
+        (2, 4, 4, 1),
+    ),
+    "fanout-heads": LayerExample(
+        lambda: serial(dense.Linear(4), vision.LayerNorm(), fanout(serial(vision.Dropout(0.5), dense.Linear(2)),
+                                                                     serial(vision.BatchNorm(), dense.Linear(1)))),
+        (3, 5),
+    ),
+}
