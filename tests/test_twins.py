@@ -6,6 +6,7 @@ The registry checks compare each op with its own reference; a mistake made in bo
 constant in the reference and the backward together) only shows against a twin written by
 someone else."""
 
+import functools
 import importlib.util
 import math
 
@@ -50,6 +51,14 @@ JAX_TWINS = {
     "manualgrad.losses.binary_cross_entropy_with_logits": lambda z, t: jnp.mean(optax.sigmoid_binary_cross_entropy(z, t)),
     "multitask(manualgrad.losses.sse, manualgrad.losses.softmax_cross_entropy)":
         lambda p, t: jnp.sum(optax.squared_error(p[0], t[0])) + _ce(p[1], t[1]),
+    "manualgrad.ops.conv2d": lambda *a, **k: _conv_by_patches(*a, **k),
+    "manualgrad.ops.max_pool2d": lambda x, **k: _pool_by_slices(x, jnp.max, -jnp.inf, **k),
+    "manualgrad.ops.avg_pool2d": lambda x, **k: _pool_by_slices(x, jnp.mean, 0.0, **k),
+    "manualgrad.ops.batch_norm": lambda x, gamma, beta, eps=1e-5:
+        jax.nn.standardize(x, axis=tuple(range(x.ndim - 1)), epsilon=eps) * gamma + beta,
+    "manualgrad.ops.layer_norm": lambda x, gamma, beta, eps=1e-5:
+        jax.nn.standardize(x, axis=-1, epsilon=eps) * gamma + beta,
+    "manualgrad.ops.dropout": lambda x, key, rate: x * _dropout_scale(key, rate, x.shape),
 }
 
 
@@ -83,6 +92,16 @@ def torch_twins():
         "manualgrad.losses.binary_cross_entropy_with_logits": F.binary_cross_entropy_with_logits,
         "multitask(manualgrad.losses.sse, manualgrad.losses.softmax_cross_entropy)":
             lambda p, t: F.mse_loss(p[0], t[0], reduction="sum") + ce(p[1], t[1]),
+        "manualgrad.ops.conv2d": torch_conv2d,
+        "manualgrad.ops.max_pool2d": lambda x, window, stride=None, padding=0:
+            F.max_pool2d(x.permute(0, 3, 1, 2), window, stride, padding).permute(0, 2, 3, 1),
+        "manualgrad.ops.avg_pool2d": lambda x, window, stride=None, padding=0:
+            F.avg_pool2d(x.permute(0, 3, 1, 2), window, stride, padding, count_include_pad=True).permute(0, 2, 3, 1),
+        "manualgrad.ops.batch_norm": lambda x, gamma, beta, eps=1e-5:
+            F.batch_norm(x.movedim(-1, 1), None, None, gamma, beta, training=True, eps=eps).movedim(1, -1),
+        "manualgrad.ops.layer_norm": lambda x, gamma, beta, eps=1e-5: F.layer_norm(x, x.shape[-1:], gamma, beta, eps),
+        "manualgrad.ops.dropout": lambda x, key, rate:
+            x * torch.tensor(np.asarray(_dropout_scale(jnp.asarray(key.numpy()), rate, tuple(x.shape)))),
     }
 
 
@@ -197,3 +216,69 @@ def test_soft_labels_that_do_not_sum_to_one_catch_a_dropped_term():
     sums = [np.sum(ex.args[1], -1) for ex in examples(np.random.default_rng(0)) if np.issubdtype(np.asarray(ex.args[1]).dtype, np.floating)]
     assert any(not np.allclose(s, 1) for s in sums)  # the registry has labels that do not sum to one
     assert not all(r.passed for r in check_op(dropped, examples, dtypes=(jnp.float64,)))
+
+
+# -- the vision ops' twins: written without lax.conv or lax.reduce_window -------------------------
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _conv_pads(padding, size, extent, stride):
+    """((top, bottom), (left, right)); "SAME" as TensorFlow defines it: ceil(size / stride) outputs."""
+    if padding == "VALID":
+        return ((0, 0), (0, 0))
+    if padding == "SAME":
+        pads = []
+        for n, e, s in zip(size, extent, stride):
+            total = max((-(-n // s) - 1) * s + e - n, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    return ((padding, padding),) * 2 if isinstance(padding, int) else padding
+
+
+@functools.partial(jax.jit, static_argnames=("stride", "padding", "dilation", "groups"))  # one compile, not a loop of them
+def _conv_by_patches(x, w, b, stride=1, padding="VALID", dilation=1, groups=1):
+    """Sum over the kernel's taps of a strided slice of the padded input times that tap's matrix."""
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    kh, kw, c_group, c_out = w.shape
+    pads = _conv_pads(padding, x.shape[1:3], ((kh - 1) * dh + 1, (kw - 1) * dw + 1), (sh, sw))
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    ho = (xp.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    wo = (xp.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    y = 0.0
+    for p in range(kh):
+        for q in range(kw):
+            patch = xp[:, p * dh : p * dh + (ho - 1) * sh + 1 : sh, q * dw : q * dw + (wo - 1) * sw + 1 : sw]
+            patch = patch.reshape(*patch.shape[:3], groups, c_group)
+            tap = w[p, q].reshape(c_group, groups, c_out // groups)
+            y = y + jnp.einsum("nhwgc,cgk->nhwgk", patch, tap, precision="highest").reshape(*patch.shape[:3], c_out)
+    return y + b
+
+
+@functools.partial(jax.jit, static_argnames=("reduce", "fill", "window", "stride", "padding"))
+def _pool_by_slices(x, reduce, fill, window, stride=None, padding=0):
+    """``reduce`` over a stack of the window's strided slices of the padded input."""
+    (kh, kw) = _pair(window)
+    sh, sw = _pair(stride if stride is not None else window)
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=fill)
+    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    taps = [xp[:, p : p + (ho - 1) * sh + 1 : sh, q : q + (wo - 1) * sw + 1 : sw] for p in range(kh) for q in range(kw)]
+    return reduce(jnp.stack(taps), axis=0)
+
+
+def _dropout_scale(key, rate, shape):
+    """``keep / (1 - rate)``, the mask drawn as uniform < 1 - rate (what bernoulli does) from the same key."""
+    if rate == 0:
+        return jnp.ones(shape)
+    return (jax.random.uniform(key, shape) < 1 - rate) / (1 - rate)
+
+
+def torch_conv2d(x, w, b, stride=1, padding="VALID", dilation=1, groups=1):
+    """PyTorch's conv2d on NCHW with its (C_out, C_in // groups, KH, KW) weight; padding made explicit."""
+    import torch.nn.functional as F
+
+    kh, kw = w.shape[:2]
+    (dh, dw) = _pair(dilation)
+    (top, bottom), (left, right) = _conv_pads(padding, x.shape[1:3], ((kh - 1) * dh + 1, (kw - 1) * dw + 1), _pair(stride))
+    xp = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom))
+    return F.conv2d(xp, w.permute(3, 2, 0, 1), b, stride, 0, dilation, groups).permute(0, 2, 3, 1)

@@ -16,7 +16,11 @@ from manualgrad.ops.activations import (
     square,
     tanh,
 )
+from manualgrad.ops.conv import conv2d
+from manualgrad.ops.dropout import dropout
 from manualgrad.ops.linear import linear
+from manualgrad.ops.norm import batch_norm, layer_norm
+from manualgrad.ops.pooling import avg_pool2d, max_pool2d
 from manualgrad.ops.reshape import flatten
 from manualgrad.ops.softmax import log_softmax, softmax
 
@@ -34,4 +38,10 @@ __all__ = [
     "softmax",
     "log_softmax",
     "flatten",
+    "conv2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "batch_norm",
+    "layer_norm",
+    "dropout",
 ]

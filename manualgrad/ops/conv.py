@@ -1,0 +1,220 @@
+"""2-D convolution (cross-correlation) of NHWC images with HWIO kernels, and its hand-written VJP."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from manualgrad.core import Example, defop, describe, fail
+
+_WHERE = "manualgrad.ops.conv2d"
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+Padding = Any  # "VALID", "SAME", an int, or ((top, bottom), (left, right))
+
+
+def _int_pair(where: str, name: str, value: Any) -> tuple[int, int]:
+    """``value`` (an int or a pair of ints, all positive) as a pair; anything else fails naming ``name``."""
+    pair = (value, value) if isinstance(value, (int, np.integer)) else value
+    if (
+        not isinstance(pair, tuple)
+        or len(pair) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in pair)
+    ):
+        fail(where, f"{name}={value!r} must be a positive int or a tuple of two positive ints (rows, columns)")
+    return int(pair[0]), int(pair[1])
+
+
+class _Geometry(NamedTuple):
+    """A convolution's static layout: strides, dilations, explicit pads, dilated kernel extents, and
+    ``unread``: per spatial axis, the trailing rows/columns of the padded input that no window reaches,
+    ``(H + top + bottom - dilated_KH) % stride_h``."""
+
+    strides: tuple[int, int]
+    dilation: tuple[int, int]
+    pads: tuple[tuple[int, int], tuple[int, int]]
+    extent: tuple[int, int]
+    unread: tuple[int, int]
+
+
+def _explicit_pads(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """``padding`` as ((top, bottom), (left, right)) non-negative ints, or None if it is none of the accepted forms."""
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+        return ((int(padding), int(padding)),) * 2 if padding >= 0 else None
+    if (
+        isinstance(padding, tuple)
+        and len(padding) == 2
+        and all(isinstance(p, tuple) and len(p) == 2 for p in padding)
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for p in padding for v in p)
+    ):
+        return tuple((int(lo), int(hi)) for lo, hi in padding)
+    return None
+
+
+def _geometry(x_shape: tuple, w_shape: tuple, stride: Any, padding: Padding, dilation: Any) -> _Geometry:
+    strides = _int_pair(_WHERE, "stride", stride)
+    dil = _int_pair(_WHERE, "dilation", dilation)
+    extent = tuple((k - 1) * d + 1 for k, d in zip(w_shape[:2], dil))
+    if padding == "VALID":
+        pads = ((0, 0), (0, 0))
+    elif padding == "SAME":
+        pads = tuple(lax.padtype_to_pads(x_shape[1:3], extent, strides, "SAME"))
+    else:
+        pads = _explicit_pads(padding)
+        if pads is None:
+            fail(
+                _WHERE,
+                f"padding={padding!r} must be 'VALID', 'SAME', a non-negative int p (p on every side) "
+                "or ((top, bottom), (left, right)) of non-negative ints",
+            )
+    unread = tuple((n + lo + hi - e) % s for n, (lo, hi), e, s in zip(x_shape[1:3], pads, extent, strides))
+    return _Geometry(strides, dil, pads, extent, unread)
+
+
+def _check_conv2d(
+    x: jax.Array, w: jax.Array, b: jax.Array, stride: Any = 1, padding: Padding = "VALID", dilation: Any = 1,
+    groups: int = 1,
+) -> None:
+    if jnp.ndim(w) != 4:
+        fail(_WHERE, f"{describe('w', w)}: w must be HWIO, shape (KH, KW, C_in // groups, C_out)")
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        fail(_WHERE, f"groups={groups!r} must be a positive int")
+    kh, kw, c_group, c_out = np.shape(w)
+    c_in = c_group * groups
+    if jnp.ndim(x) != 4:
+        fail(_WHERE, f"{describe('x', x)}: x must be NHWC, shape (N, H, W, C_in) with C_in={c_in}")
+    if np.shape(x)[-1] % groups:
+        fail(_WHERE, f"groups={groups} does not divide x's {np.shape(x)[-1]} input channels ({describe('x', x)})")
+    if np.shape(x)[-1] != c_in:
+        hint = ""
+        if np.shape(x)[1] == c_in:
+            hint = f"; NHWC expected: an NCHW input would have its {c_in} channels on axis 1, as this one seems to"
+        fail(
+            _WHERE,
+            f"x.shape={np.shape(x)} has {np.shape(x)[-1]} input channels on its last axis but "
+            f"w.shape={np.shape(w)} with groups={groups} expects C_in = {c_group} * {groups} = {c_in}{hint}",
+        )
+    if c_out % groups:
+        fail(_WHERE, f"groups={groups} does not divide w's {c_out} output channels ({describe('w', w)})")
+    if np.shape(b) != (c_out,):
+        fail(_WHERE, f"b.shape={np.shape(b)} does not match w.shape={np.shape(w)}: b needs shape (C_out,)=({c_out},)")
+    geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
+    for axis, n, (lo, hi), k, d, e in zip(("H", "W"), np.shape(x)[1:3], geo.pads, (kh, kw), geo.dilation, geo.extent):
+        if e > n + lo + hi:
+            fail(
+                _WHERE,
+                f"the kernel spans {e} along {axis} (size {k}, dilation {d}) but the padded input has only "
+                f"{n + lo + hi} ({axis}={n} + padding {lo} + {hi}); x.shape={np.shape(x)}, w.shape={np.shape(w)}",
+            )
+    dtypes = {jnp.result_type(a) for a in (x, w, b)}
+    if len(dtypes) != 1:
+        fail(
+            _WHERE,
+            f"x, w and b must share one dtype, got x {jnp.result_type(x)}, w {jnp.result_type(w)}, b {jnp.result_type(b)}",
+        )
+
+
+def _conv2d_examples(rng: np.random.Generator) -> list[Example]:
+    def case(x_shape: tuple, k: tuple, c_out: int, groups: int = 1, **params: Any) -> Example:
+        w_shape = (*k, x_shape[-1] // groups, c_out)
+        args = (rng.normal(size=x_shape), rng.normal(size=w_shape), rng.normal(size=c_out))
+        return Example(args, dict(params, groups=groups) if groups > 1 else params)
+
+    return [
+        case((2, 6, 5, 3), (2, 2), 4, stride=3),  # stride > kernel; the 6th row is never read
+        case((1, 4, 4, 2), (2, 2), 3, padding=3, dilation=2),  # padding > kernel, dilation 2, batch of one
+        case((2, 3, 4, 3), (1, 1), 2, stride=2, padding=1),  # 1x1 kernel inside its padding, an unread column
+        case((2, 4, 5, 2), (2, 3), 3, stride=(1, 2), padding=((1, 0), (2, 1))),  # asymmetric padding
+        case((2, 5, 6, 2), (3, 3), 2, stride=2, padding="SAME"),
+        case((2, 5, 5, 4), (2, 2), 2, groups=2, stride=2, dilation=(2, 1), padding=1),
+        case((2, 3, 3, 2), (3, 3), 4),  # the kernel covers the whole image
+    ]
+
+
+@defop(static=("stride", "padding", "dilation", "groups"), check=_check_conv2d, examples=_conv2d_examples)
+def conv2d(
+    x: jax.Array, w: jax.Array, b: jax.Array, stride: Any = 1, padding: Padding = "VALID", dilation: Any = 1,
+    groups: int = 1,
+) -> jax.Array:
+    r"""2-D cross-correlation plus bias; ``x`` NHWC (N, H, W, C_in), ``w`` HWIO (KH, KW, C_in // groups,
+    C_out), ``b`` (C_out,). ``stride`` and ``dilation`` are an int or a pair (rows, columns); ``padding``
+    is "VALID", "SAME", an int p (p on every side) or ((top, bottom), (left, right)). Equal to
+    ``lax.conv_general_dilated`` with ``feature_group_count=groups``, plus ``b``; PyTorch's weight is
+    ``w.transpose(3, 2, 0, 1)``.
+
+    Derivation. Let ``xp`` be ``x`` zero-padded by (t, b_) rows and (l, r) columns, ``s`` the stride,
+    ``d`` the dilation, ``Cg = C_in / groups`` and ``G(o)`` the group of output channel ``o`` (output
+    channels are split into ``groups`` consecutive blocks, input channels likewise). Then
+
+        ``y[n, i, j, o] = b[o] + sum_{p, q, c} xp[n, i s + p d, j s + q d, G(o) Cg + c] w[p, q, c, o]``
+
+    (one spatial axis written from here on; the other is the same). The dilated kernel spans
+    ``E = (K - 1) d + 1``; the output has ``Ho = (H + t + b_ - E) // s + 1`` rows, and the last
+    ``u = (H + t + b_ - E) % s`` rows of ``xp`` are read by no window: their cotangent is 0.
+
+    * ``b_bar[o] = sum_{n, i, j} g[n, i, j, o]``: the transpose of broadcasting ``b``.
+    * ``x_bar``: each ``xp[n, a, ., G(o) Cg + c]`` meets ``w[p, ., c, o]`` in output row ``i`` when
+      ``a = i s + p d``. Let ``gs`` be ``g`` with ``s - 1`` zeros between its rows (``gs[i s] = g[i]``);
+      then ``xp_bar[a] = sum_p gs[a - p d] w[p]`` and, substituting ``p = K - 1 - p'``,
+      ``xp_bar[a] = sum_{p'} gs[a - E + 1 + p' d] w[K - 1 - p']``: a stride-1 correlation of ``gs``
+      (``lhs_dilation = s``) with the spatially flipped kernel (``rhs_dilation = d``) whose in and out
+      channel axes are exchanged group by group (``w_t[p', q', o', G c] = w[K-1-p', K-1-q', c, G o']``,
+      one group's outputs feed that group's inputs: ``feature_group_count = groups``). ``gs`` is padded by
+      ``E - 1`` before and after; dropping the first ``t`` and last ``b_`` rows of ``xp_bar`` (the
+      padding) and appending the ``u`` unread zero rows gives ``x_bar`` directly: pads
+      ``(E - 1 - t, E - 1 - b_ + u)``, negative where the padding exceeds ``E - 1`` (XLA crops there).
+    * ``w_bar[p, q, c, o] = sum_{n, i, j} xp[n, i s + p d, j s + q d, G(o) Cg + c] g[n, i, j, o]``: a
+      correlation of ``xp`` with ``g`` as the kernel, dilated by ``s``, stepping by ``d``, the batch ``n``
+      contracted as if it were a channel and ``C_in`` playing the batch (``CHWN`` x ``IHWO`` -> ``HWNC``).
+      The pads are ``(t, b_ - u)``, so exactly ``K`` rows come out. With groups, each group of output
+      channels only meets its own ``Cg`` input channels: ``batch_group_count = groups`` splits ``C_in``
+      (the batch of this correlation) into the same blocks as ``C_out``.
+
+    Residuals: ``x`` and ``w``.
+    """
+    geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
+    y = lax.conv_general_dilated(
+        x, w, geo.strides, geo.pads, rhs_dilation=geo.dilation, dimension_numbers=_NHWC, feature_group_count=groups
+    )
+    return y + b
+
+
+def conv2d_fwd(
+    x: jax.Array, w: jax.Array, b: jax.Array, stride: Any = 1, padding: Padding = "VALID", dilation: Any = 1,
+    groups: int = 1,
+) -> tuple[jax.Array, tuple]:
+    geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
+    y = lax.conv_general_dilated(
+        x, w, geo.strides, geo.pads, rhs_dilation=geo.dilation, dimension_numbers=_NHWC, feature_group_count=groups
+    )
+    return y + b, (x, w)
+
+
+def conv2d_bwd(
+    res: tuple, g: jax.Array, stride: Any = 1, padding: Padding = "VALID", dilation: Any = 1, groups: int = 1
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    x, w = res
+    kh, kw, c_group, c_out = np.shape(w)
+    geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
+    # x_bar: g dilated by the stride, against the flipped kernel with in/out exchanged per group
+    w_t = jnp.flip(w, (0, 1)).reshape(kh, kw, c_group, groups, c_out // groups)
+    w_t = w_t.transpose(0, 1, 4, 3, 2).reshape(kh, kw, c_out // groups, groups * c_group)
+    x_pads = [(e - 1 - lo, e - 1 - hi + u) for e, (lo, hi), u in zip(geo.extent, geo.pads, geo.unread)]
+    x_bar = lax.conv_general_dilated(
+        g, w_t, (1, 1), x_pads, lhs_dilation=geo.strides, rhs_dilation=geo.dilation,
+        dimension_numbers=_NHWC, feature_group_count=groups,
+    )
+    # w_bar: x against g as the kernel, the batch contracted, C_in as the batch
+    w_pads = [(lo, hi - u) for (lo, hi), u in zip(geo.pads, geo.unread)]
+    w_bar = lax.conv_general_dilated(
+        x, g, geo.dilation, w_pads, rhs_dilation=geo.strides,
+        dimension_numbers=("CHWN", "IHWO", "HWNC"), batch_group_count=groups,
+    )
+    return x_bar, w_bar, jnp.sum(g, axis=(0, 1, 2))
+
+
+conv2d.defvjp(conv2d_fwd, conv2d_bwd)

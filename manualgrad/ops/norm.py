@@ -1,0 +1,155 @@
+"""Batch and layer normalisation, with the three-term hand-written VJP they share.
+
+Both normalise ``x`` over a set of axes (``m`` elements per statistic), then scale and shift per
+channel (the last axis): ``xhat = (x - mean) * rstd`` with ``rstd = 1 / sqrt(var + eps)`` and the
+biased variance ``var = mean((x - mean)**2)``, and ``y = gamma * xhat + beta``.
+
+Derivation, for one statistic's ``m`` elements. ``dmean/dx_k = 1/m`` and
+``dvar/dx_k = 2 (x_k - mean) / m``, so ``drstd/dx_k = -rstd**3 (x_k - mean) / m = -rstd**2 xhat_k / m``
+and ``dxhat_i/dx_k = rstd (delta_ik - 1/m) - xhat_i rstd xhat_k / m``. With ``h = g * gamma`` (the
+cotangent of ``xhat``)::
+
+    x_bar_k = sum_i h_i dxhat_i/dx_k = (rstd / m) (m h_k - sum_i h_i - xhat_k sum_i h_i xhat_i)
+
+the projection of ``h`` that removes its mean and its component along ``xhat``. ``gamma_bar`` and
+``beta_bar`` sum ``g * xhat`` and ``g`` over every axis but the channel axis. Residuals: ``xhat``,
+``rstd`` and ``gamma``; ``x`` itself is not kept.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from manualgrad.core import Example, defop, describe, fail
+
+
+def _check_norm(where: str, min_rank: int, layout: str) -> Callable[..., None]:
+    def check(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float = 1e-5) -> None:
+        if jnp.ndim(x) < min_rank:
+            fail(where, f"{describe('x', x)}: x must have shape {layout}")
+        c = np.shape(x)[-1]
+        for name, v in (("gamma", gamma), ("beta", beta)):
+            if np.shape(v) != (c,):
+                fail(
+                    where,
+                    f"{name}.shape={np.shape(v)} does not match x.shape={np.shape(x)}: {name} needs one entry "
+                    f"per channel (x's last axis), shape ({c},)",
+                )
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            fail(where, f"eps={eps!r} must be a positive number (it keeps 1 / sqrt(var + eps) finite for a constant channel)")
+        dtypes = {jnp.result_type(a) for a in (x, gamma, beta)}
+        if len(dtypes) != 1:
+            fail(
+                where,
+                f"x, gamma and beta must share one dtype, got x {jnp.result_type(x)}, "
+                f"gamma {jnp.result_type(gamma)}, beta {jnp.result_type(beta)}",
+            )
+
+    return check
+
+
+def _norm_examples(shapes: list[tuple], offset_shape: tuple) -> Callable[[np.random.Generator], list[Example]]:
+    def examples(rng: np.random.Generator) -> list[Example]:
+        def case(shape: tuple, shift: float = 0.0, **params: float) -> Example:
+            c = shape[-1]
+            gamma, beta = 1 + 0.5 * rng.normal(size=c), rng.normal(size=c)
+            return Example((rng.normal(size=shape) * 2 + shift, gamma, beta), params)
+
+        return [case(s) for s in shapes] + [case(offset_shape, shift=30.0, eps=1e-3)]
+
+    return examples
+
+
+def _normalize(x: jax.Array, axes: tuple[int, ...], eps: float) -> tuple[jax.Array, jax.Array]:
+    """``(xhat, rstd)`` over ``axes`` (kept as size-1 axes in ``rstd``)."""
+    centred = x - jnp.mean(x, axis=axes, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=axes, keepdims=True) + eps)
+    return centred * rstd, rstd
+
+
+def _normalize_bwd(g: jax.Array, res: tuple, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The three-term rule, written with means: ``rstd (h - mean(h) - xhat mean(h xhat))``, ``h = g gamma``."""
+    xhat, rstd, gamma = res
+    h = g * gamma
+    x_bar = rstd * (h - jnp.mean(h, axis=axes, keepdims=True) - xhat * jnp.mean(h * xhat, axis=axes, keepdims=True))
+    lead = tuple(range(g.ndim - 1))
+    return x_bar, jnp.sum(g * xhat, axis=lead), jnp.sum(g, axis=lead)
+
+
+# -- batch_norm ----------------------------------------------------------------
+_BATCH = "manualgrad.ops.batch_norm"
+
+
+@defop(
+    static=("eps",),
+    check=_check_norm(_BATCH, 2, "(N, ..., C): statistics over every axis but the channel axis"),
+    examples=_norm_examples([(6, 3), (1, 3, 2, 4)], (4, 2, 3)),
+)
+def batch_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Training-mode batch normalisation: statistics over every axis but the last (the batch and, for
+    NHWC images, the spatial axes; ``m`` = their product), biased variance; ``gamma``, ``beta`` (C,).
+
+    With the module's derivation (``h = g gamma``, and ``gamma`` constant over a statistic's elements):
+
+    * ``x_bar = (gamma rstd / m) (m g - sum(g) - xhat sum(g xhat))``, sums over every axis but the last;
+    * ``gamma_bar = sum(g xhat)``, ``beta_bar = sum(g)``, over the same axes.
+
+    A batch of one (``m = 1``) stays finite: ``x = mean``, so ``xhat = 0`` and ``rstd = 1 / sqrt(eps)``;
+    ``y = beta`` and ``x_bar = gamma rstd (g - g - 0) = 0``. Only ``y`` is returned: a layer that keeps
+    running statistics computes the batch mean and variance itself.
+    """
+    axes = tuple(range(jnp.ndim(x) - 1))
+    mean = jnp.mean(x, axis=axes)
+    var = jnp.mean(jnp.square(x - mean), axis=axes)
+    return (x - mean) / jnp.sqrt(var + eps) * gamma + beta
+
+
+def batch_norm_fwd(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float = 1e-5) -> tuple[jax.Array, tuple]:
+    xhat, rstd = _normalize(x, tuple(range(x.ndim - 1)), eps)
+    return xhat * gamma + beta, (xhat, rstd, gamma)
+
+
+def batch_norm_bwd(res: tuple, g: jax.Array, eps: float = 1e-5) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return _normalize_bwd(g, res, tuple(range(g.ndim - 1)))
+
+
+batch_norm.defvjp(batch_norm_fwd, batch_norm_bwd)
+
+
+# -- layer_norm ----------------------------------------------------------------
+_LAYER = "manualgrad.ops.layer_norm"
+
+
+@defop(
+    static=("eps",),
+    check=_check_norm(_LAYER, 1, "(..., C): statistics over the last axis"),
+    examples=_norm_examples([(4, 5), (6,)], (2, 3, 4)),
+)
+def layer_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Layer normalisation over the last axis (``m = C`` elements per statistic, one statistic per
+    leading index), biased variance; ``gamma``, ``beta`` (C,).
+
+    With the module's derivation, along the last axis (``h = g gamma``):
+
+    * ``x_bar = (rstd / C) (C h - sum(h) - xhat sum(h xhat))``;
+    * ``gamma_bar = sum(g xhat)``, ``beta_bar = sum(g)``, over every leading axis.
+    """
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + eps) * gamma + beta
+
+
+def layer_norm_fwd(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float = 1e-5) -> tuple[jax.Array, tuple]:
+    xhat, rstd = _normalize(x, (-1,), eps)
+    return xhat * gamma + beta, (xhat, rstd, gamma)
+
+
+def layer_norm_bwd(res: tuple, g: jax.Array, eps: float = 1e-5) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return _normalize_bwd(g, res, (-1,))
+
+
+layer_norm.defvjp(layer_norm_fwd, layer_norm_bwd)
