@@ -1,7 +1,7 @@
-"""What the MNIST and California Housing experiments share: the task, the flags, the run.
+"""What the MNIST, Fashion-MNIST and California Housing experiments share: the task, the flags, the run.
 
-A :class:`Task` fixes a dataset, its MLP (ReLU hidden layers), its loss, its test metric and
-its default hyperparameters; :func:`main` parses the flags of DESIGN.md, trains with
+A :class:`Task` fixes a dataset, its model (an MLP with ReLU hidden layers, or for images a
+CNN: ``--model cnn``), its loss, its test metric and its default hyperparameters; :func:`main` parses the flags of DESIGN.md, trains with
 :func:`manualgrad.train.fit` (one scanned, compiled epoch at a time, a checkpoint after
 each), and writes ``metrics.json`` and ``curves.png`` into ``--out``.
 """
@@ -40,6 +40,8 @@ class Task:
     metric: str  # "accuracy" (higher is better) or "mse" (lower is better)
     prepare: Callable[[data.Dataset], data.Dataset]
     defaults: dict[str, Any]
+    arch: str = "mlp"  # "mlp", or "cnn" (see cnn())
+    cnn_regularised: bool = False  # the CNN with batch norm and dropout
 
     @property
     def widths(self) -> list[int]:
@@ -48,10 +50,15 @@ class Task:
 
     @property
     def architecture(self) -> str:
+        """``784-256-128-10`` for an MLP; ``cnn`` (or ``cnn-bn-dropout``) for the CNN."""
+        if self.arch == "cnn":
+            return "cnn-bn-dropout" if self.cnn_regularised else "cnn"
         return "-".join(str(d) for d in self.widths)
 
     def model(self) -> nn.Layer:
-        """The MLP: flatten, then Linear+ReLU per hidden size, then a Linear output layer."""
+        """The MLP: flatten, then Linear+ReLU per hidden size, then a Linear output layer; or :func:`cnn`."""
+        if self.arch == "cnn":
+            return cnn(self.outputs, self.cnn_regularised)
         layers = [nn.Flatten()] if len(self.input_shape) > 1 else []
         for width in self.hidden:
             layers += [nn.Linear(width), nn.ReLU()]
@@ -59,7 +66,7 @@ class Task:
 
     def init(self, seed: int) -> Any:
         """Initial params from ``PRNGKey(seed)`` (the shuffling key is another split of it)."""
-        _, params = self.model().init(jax.random.split(jax.random.PRNGKey(seed))[0], (-1, *self.input_shape))
+        _, params = self.model().init(jax.random.split(jax.random.PRNGKey(seed))[0], (1, *self.input_shape))
         return params
 
     def load(self, data_dir: str | None, limit: int | None = None) -> data.Dataset:
@@ -70,18 +77,38 @@ class Task:
         return ds
 
 
+def cnn(outputs: int, regularised: bool = False) -> nn.Layer:
+    """The CNN for 28x28x1 images: two blocks of 3x3 convolution ("SAME"), ReLU and 2x2 max
+    pooling (32 then 64 channels), then dense 3136-128-``outputs``. ``regularised`` adds batch
+    norm after each convolution and dropout (0.25 before, 0.5 after the hidden dense layer)."""
+
+    def block(channels: int) -> list[nn.Layer]:
+        norm = [nn.BatchNorm()] if regularised else []
+        return [nn.Conv2D(channels, 3, padding="SAME"), *norm, nn.ReLU(), nn.MaxPool2D(2)]
+
+    drop = (lambda rate: [nn.Dropout(rate)]) if regularised else (lambda rate: [])
+    return nn.serial(
+        *block(32), *block(64), nn.Flatten(), *drop(0.25), nn.Linear(128), nn.ReLU(), *drop(0.5), nn.Linear(outputs)
+    )
+
+
 def shuffle_key(seed: int) -> jax.Array:
     """The run's shuffling key (epoch ``e`` uses ``train.epoch_key(shuffle_key(seed), e)``)."""
     return jax.random.split(jax.random.PRNGKey(seed))[1]
 
 
-def standardise_mnist(ds: data.Dataset) -> data.Dataset:
-    """Pixels to float32 in [0, 1], then standardised with MNIST's training mean and std (0.1307, 0.3081)."""
+def standardise_images(ds: data.Dataset, mean: float, std: float) -> data.Dataset:
+    """Pixels to float32 in [0, 1], then standardised with the training set's ``mean`` and ``std``."""
 
     def f(x):
-        return ((x.astype(np.float32) / 255.0 - 0.1307) / 0.3081).astype(np.float32)
+        return ((x.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
 
     return dataclasses.replace(ds, x_train=f(ds.x_train), x_test=f(ds.x_test))
+
+
+def standardise_mnist(ds: data.Dataset) -> data.Dataset:
+    """MNIST's pixels standardised with its training mean and std (0.1307, 0.3081)."""
+    return standardise_images(ds, 0.1307, 0.3081)
 
 
 MNIST = Task(
@@ -106,7 +133,38 @@ CALIFORNIA_HOUSING = Task(
     defaults={"epochs": 60, "batch_size": 64, "lr": 0.02, "momentum": 0.9, "max_norm": 5.0},
 )
 
-TASKS = {t.name: t for t in (MNIST, CALIFORNIA_HOUSING)}
+FASHION_MNIST = dataclasses.replace(
+    MNIST,
+    name="fashion_mnist",
+    hidden=(256, 128),
+    prepare=lambda ds: standardise_images(ds, 0.2860, 0.3530),
+    defaults={"epochs": 15, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "max_norm": 5.0},
+)
+
+TASKS = {t.name: t for t in (MNIST, CALIFORNIA_HOUSING, FASHION_MNIST)}
+
+#: ``--model cnn`` of the image tasks
+CNN_TASKS = {
+    "mnist": dataclasses.replace(
+        MNIST, arch="cnn", defaults={"epochs": 12, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "max_norm": 5.0}
+    ),
+    "fashion_mnist": dataclasses.replace(
+        FASHION_MNIST,
+        arch="cnn",
+        cnn_regularised=True,
+        defaults={"epochs": 15, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "max_norm": 5.0},
+    ),
+}
+
+
+def cnn_summary(name: str) -> str:
+    extra = " with batch norm and dropout" if CNN_TASKS[name].cnn_regularised else ""
+    return f"conv3x3(32)-pool-conv3x3(64)-pool-128-10{extra}"
+
+
+def task_for(name: str, model: str = "mlp") -> Task:
+    """The task ``name`` with ``model`` ("mlp" or, for image tasks, "cnn")."""
+    return CNN_TASKS[name] if model == "cnn" else TASKS[name]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -146,6 +204,14 @@ def parser(
         p.add_argument(name, default=d["default"], help=help + d.get("help", ""), **kwargs)
 
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    if task is not None and task.name in CNN_TASKS:
+        p.add_argument(
+            "--model",
+            choices=("mlp", "cnn"),
+            default=task.arch,
+            help=f"mlp: {TASKS[task.name].architecture}; cnn: {cnn_summary(task.name)} "
+            "(each has its own defaults for the other flags, shown here for the chosen one)",
+        )
     flag("--epochs", "total number of epochs (also when resuming)", type=int)
     flag("--batch-size", "examples per training step", type=int)
     flag("--lr", "SGD learning rate (the peak of the cosine schedule)", type=float)
@@ -281,7 +347,7 @@ def run(task: Task, args: argparse.Namespace) -> dict:
     config = {
         "task": task.name,
         "model": task.architecture,
-        **{k: v for k, v in vars(args).items() if k not in ("no_progress", "resume")},
+        **{k: v for k, v in vars(args).items() if k not in ("no_progress", "resume", "model")},
         "train_examples": len(ds.x_train),
         "test_examples": len(ds.x_test),
         "data_source": ds.info.get("source"),
@@ -325,6 +391,10 @@ def run(task: Task, args: argparse.Namespace) -> dict:
 
 
 def main(task: Task, description: str, argv: Sequence[str] | None = None) -> int:
+    if task.name in CNN_TASKS:  # --model picks the task variant, whose defaults the other flags take
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+        task = task_for(task.name, pre.parse_known_args(argv)[0].model)
     p = parser(task, description)
     args = p.parse_args(argv)
     check_args(p, args)

@@ -1,0 +1,168 @@
+"""The layer registry walked as the op registry is: every layer in ``nn.LAYERS``, in training and
+evaluation mode, with state and a key.
+
+For each layer: ``init``'s and ``init_state``'s output shape is ``apply``'s; the layer's own
+``fwd``/``bwd`` (the explicit pass) equal ``jax.vjp`` of its ``apply`` run on the plain
+reference forwards, for params and input, eagerly and under ``jit``, in float64 and (with x64
+off) in float32. Then dropout's and batch norm's semantics.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from manualgrad import losses, nn, reference_mode, train
+from tests.helpers import assert_trees_close
+
+NAMES = sorted(nn.LAYERS)
+MODES = [True, False]
+KEY = jax.random.key(7)
+
+
+def setup(name, dtype):
+    layer, shape = nn.LAYERS[name]
+    layer = layer()
+    out_shape, params = layer.init(jax.random.key(0), shape)
+    state_shape, state = layer.init_state(shape)
+    x = jax.random.normal(jax.random.key(1), shape, jnp.float32)
+    cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), t)
+    return layer, out_shape, state_shape, cast(params), cast(state), cast(x)
+
+
+def explicit_and_reference(layer, params, state, x, train_mode):
+    """(y, new_state, grads) from the layer's fwd/bwd, and from jax.vjp of apply on the references,
+    both jitted (the reference mode is part of jit's cache key)."""
+
+    def cotangent(y):
+        return jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.key(2), a.shape, a.dtype), y)
+
+    @jax.jit
+    def explicit(params, x):
+        y, new_state, res = layer.fwd(params, x, state=state, key=KEY, train=train_mode)
+        return y, new_state, layer.bwd(res, cotangent(y))
+
+    @jax.jit
+    def reference(params, x):
+        with reference_mode():
+            (y, new_state), vjp = jax.vjp(lambda p, x: layer.apply(p, x, state=state, key=KEY, train=train_mode), params, x)
+            return y, new_state, vjp((cotangent(y), jax.tree_util.tree_map(jnp.zeros_like, new_state)))
+
+    return explicit(params, x), reference(params, x)
+
+
+@pytest.mark.parametrize("train_mode", MODES, ids=["train", "eval"])
+@pytest.mark.parametrize("name", NAMES)
+def test_layer_shapes_and_backward_equal_vjp_of_apply(name, train_mode):
+    with jax.enable_x64(True):
+        layer, out_shape, state_shape, params, state, x = setup(name, jnp.float64)
+        assert state_shape == out_shape
+        (y, new_state, grads), (y_ref, state_ref, ref_grads) = explicit_and_reference(layer, params, state, x, train_mode)
+        got_shape = jax.tree_util.tree_map(lambda a: a.shape, y)
+        assert got_shape == out_shape, f"{name}: init says {out_shape}, apply gives {got_shape}"
+        assert_trees_close(y, y_ref)
+        assert_trees_close(new_state, state_ref)
+        assert_trees_close(grads, ref_grads)
+        if train_mode:  # training needs no state: the same output, no state back
+            assert_trees_close(jax.jit(lambda p, x: layer.apply(p, x, key=KEY, train=True))(params, x), y)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layer_backward_in_float32_with_x64_off(name):
+    with jax.enable_x64(False):
+        layer, _, _, params, state, x = setup(name, jnp.float32)
+        (_, _, grads), (_, _, ref_grads) = explicit_and_reference(layer, params, state, x, True)
+        for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
+            assert a.dtype == jnp.float32
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+def test_every_layer_of_nn_is_in_the_registry():
+    made = {nn.LAYERS[n].make().__class__ for n in NAMES}  # all Layer tuples
+    assert made == {nn.Layer}
+    constructors = {n for n in nn.__all__ if n[0].isupper() and n not in ("Layer", "LAYERS", "LayerExample")}
+    covered = {n.split("-")[0] for n in NAMES}
+    assert constructors <= covered, f"layers missing from nn.LAYERS: {sorted(constructors - covered)}"
+
+
+# -- dropout ----------------------------------------------------------------------------------
+def test_dropout_masks_come_from_the_key():
+    layer = nn.Dropout(0.5)
+    x = jnp.ones((4, 1000), jnp.float32)
+    a = layer.apply((), x, key=jax.random.key(1), train=True)
+    b = layer.apply((), x, key=jax.random.key(1), train=True)
+    c = layer.apply((), x, key=jax.random.key(2), train=True)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    keep = jax.random.bernoulli(jax.random.key(1), 0.5, x.shape)
+    np.testing.assert_array_equal(a, jnp.where(keep, 2.0, 0.0))
+    np.testing.assert_array_equal(layer.apply((), x), x)  # evaluation: the identity
+    assert abs(float(jnp.mean(a)) - 1.0) < 0.05  # inverted dropout keeps the mean
+
+
+def test_dropout_in_training_without_a_key_says_how_to_pass_one():
+    with pytest.raises(ValueError, match=r"manualgrad.nn.Dropout\(0.5\).*needs a key: pass key="):
+        nn.Dropout(0.5).apply((), jnp.ones((2, 3)), train=True)
+    with pytest.raises(ValueError, match="rate must be in"):
+        nn.Dropout(1.0)
+
+
+def test_containers_give_each_child_its_own_key():
+    model = nn.serial(nn.Dropout(0.5), nn.Dropout(0.5))
+    y = model.apply(((), ()), jnp.ones((1, 2000), jnp.float32), key=jax.random.key(3), train=True)
+    first = jax.random.bernoulli(jax.random.fold_in(jax.random.key(3), 0), 0.5, (1, 2000))
+    second = jax.random.bernoulli(jax.random.fold_in(jax.random.key(3), 1), 0.5, (1, 2000))
+    np.testing.assert_array_equal(y, jnp.where(first & second, 4.0, 0.0))
+
+
+# -- batch norm -------------------------------------------------------------------------------
+def test_batch_norm_running_statistics_follow_the_formula():
+    momentum, k = 0.2, 3
+    layer = nn.BatchNorm(momentum=momentum)
+    _, params = layer.init(jax.random.key(0), (8, 3))
+    _, state = layer.init_state((8, 3))
+    xs = [jax.random.normal(jax.random.key(i), (8, 3), jnp.float32) * (i + 1) + i for i in range(k)]
+    mean, var = np.zeros(3), np.ones(3)
+    for x in xs:
+        _, state = layer.apply(params, x, state=state, train=True)
+        xn = np.asarray(x, np.float64)
+        mean = (1 - momentum) * mean + momentum * xn.mean(0)
+        var = (1 - momentum) * var + momentum * xn.var(0, ddof=1)  # unbiased, as torch
+    np.testing.assert_allclose(state["mean"], mean, rtol=1e-5)
+    np.testing.assert_allclose(state["var"], var, rtol=1e-5)
+    # evaluation normalises with them and leaves them alone
+    y, same = layer.apply(params, xs[0], state=state)
+    np.testing.assert_allclose(y, (np.asarray(xs[0]) - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+    assert_trees_close(same, state)
+
+
+def test_batch_norm_evaluation_needs_state_and_a_batch_of_one_stays_finite():
+    layer = nn.BatchNorm()
+    _, params = layer.init(jax.random.key(0), (1, 4))
+    with pytest.raises(ValueError, match=r"manualgrad.nn.BatchNorm.*needs the layer's state: pass state="):
+        layer.apply(params, jnp.ones((1, 4)))
+    y = layer.apply(params, jnp.arange(4.0, dtype=jnp.float32)[None], train=True)
+    np.testing.assert_array_equal(y, np.zeros((1, 4)))  # beta
+
+
+def test_state_travels_through_the_scanned_epoch_and_fit():
+    model = nn.serial(nn.Linear(4), nn.BatchNorm(), nn.ReLU(), nn.Dropout(0.2), nn.Linear(2))
+    _, params = model.init(jax.random.key(0), (1, 3))
+    _, state = model.init_state((8, 3))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 32).astype(np.int32)
+    opt = train.sgd_with_clipping(0.1, 5.0)
+    epoch = train.make_epoch(model, losses.softmax_cross_entropy, opt, 8)
+    copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # the epoch donates its inputs
+    p, s, metrics, new_state = epoch(copy(params), opt.init(params), x, y, jax.random.key(1), copy(state))
+    assert metrics["loss"].shape == (4,)
+    assert not np.allclose(new_state[1]["mean"], 0.0)  # the running mean moved
+    # the same four steps by hand with the documented keys
+    p2, s2, st = params, opt.init(params), state
+    batches = train.epoch_permutation(jax.random.key(1), 32, 8)
+    update = train.make_update(model, losses.softmax_cross_entropy, opt)
+    for i in range(4):
+        p2, s2, _, st = update(p2, s2, x[batches[i]], y[batches[i]], state=st, key=train.step_key(jax.random.key(1), i))
+    assert_trees_close(p, p2, rtol=1e-5, atol=1e-6)
+    assert_trees_close(new_state, st, rtol=1e-5, atol=1e-6)
