@@ -481,6 +481,8 @@ def check_model(
     x: Any,
     y: Any,
     *,
+    state: Any = None,
+    key: Any = None,
     dtypes: Sequence[Any] = (jnp.float32, jnp.float64),
 ) -> ModelReport:
     """Verify a whole model in one call: every parameter gradient and every layer's input
@@ -489,6 +491,8 @@ def check_model(
     plain references, in each dtype (floating leaves of ``params``, ``x`` and ``y`` are cast).
 
     ``model`` is a :class:`manualgrad.nn.Layer`, ``loss`` an op taking ``(prediction, y)``.
+    The model runs in training mode, as for a training step: pass its ``state`` (batch norm)
+    and a ``key`` (dropout) when it has them.
     Layer input cotangents come from zero taps added to every layer's input (see
     :func:`manualgrad.trace.tapping`). Returns a :class:`ModelReport`; ``print`` it for one
     line per layer, or call ``.assert_ok()``.
@@ -498,15 +502,17 @@ def check_model(
     layers = []
     with jax.enable_x64(True), jax.default_matmul_precision("highest"):
         for dtype in dtypes:
-            p, xs, ys = cast((params, x, y), dtype)
+            p, xs, ys, st = cast((params, x, y, state), dtype)
             tol = TOLERANCES[jnp.dtype(dtype)]
-            value_e, grads_e, tape = jax.jit(backprop.value_and_grad(model, loss, trace=True))(p, xs, ys)
+            explicit = jax.jit(backprop.value_and_grad(model, loss, trace=True))(p, xs, ys, state=st, key=key)
+            value_e, grads_e, tape = explicit[0], explicit[1], explicit[-1]
             entries = tape.entries[:-1]  # the last entry is the loss
             taps = {e.path: jax.tree_util.tree_map(jnp.zeros_like, e.x) for e in entries}
 
             def objective(p, taps):
                 with trace.tapping(taps):
-                    return loss(model.apply(p, xs), ys)
+                    out = model.apply(p, xs, state=st, key=key, train=True)
+                    return loss(out if st is None else out[0], ys)
 
             value_and_grads = jax.jit(jax.value_and_grad(objective, argnums=(0, 1)))
             value_m, (grads_m, taps_m) = value_and_grads(p, taps)

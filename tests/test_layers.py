@@ -166,3 +166,39 @@ def test_state_travels_through_the_scanned_epoch_and_fit():
         p2, s2, _, st = update(p2, s2, x[batches[i]], y[batches[i]], state=st, key=train.step_key(jax.random.key(1), i))
     assert_trees_close(p, p2, rtol=1e-5, atol=1e-6)
     assert_trees_close(new_state, st, rtol=1e-5, atol=1e-6)
+
+
+def test_check_model_verifies_a_cnn_with_batch_norm_and_dropout():
+    from manualgrad import check
+
+    layer, shape = nn.LAYERS["serial-cnn"]
+    model = layer()
+    _, params = model.init(jax.random.key(0), shape)
+    _, state = model.init_state(shape)
+    x = jax.random.normal(jax.random.key(1), shape, jnp.float32)
+    y = jnp.array([1, 3], jnp.int32)
+    report = check.check_model(model, losses.softmax_cross_entropy, params, x, y, state=state, key=KEY,
+                               dtypes=(jnp.float64,))
+    report.assert_ok()
+    assert len(report.layers) == 1 + 7  # the loss, then every layer
+
+
+def test_the_three_gradient_sources_train_a_regularised_cnn_alike():
+    """fit with batch norm and dropout: manual, explicit and reference give the same step losses."""
+    from manualgrad import data
+
+    model = nn.serial(nn.Conv2D(4, 3, padding="SAME"), nn.BatchNorm(), nn.ReLU(), nn.MaxPool2D(2),
+                      nn.Flatten(), nn.Dropout(0.3), nn.Linear(3))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 48).astype(np.int32)
+    ds = data.Dataset("toy", x, y, x[:16], y[:16])
+    _, params = model.init(jax.random.key(0), (1, 6, 6, 1))
+    runs = {
+        g: train.fit(model, losses.softmax_cross_entropy, train.sgd_with_clipping(0.05, 5.0, 0.9), params, ds,
+                     epochs=2, batch_size=16, key=jax.random.key(1), grad=g, metric="accuracy")
+        for g in train.GRADS
+    }
+    for g in ("explicit", "reference"):
+        np.testing.assert_allclose(runs[g].step_losses, runs["manual"].step_losses, rtol=1e-4)
+        assert_trees_close(runs[g].state, runs["manual"].state, rtol=1e-4, atol=1e-5)
