@@ -34,9 +34,9 @@ def test_manual_step_needs_no_more_temp_memory_than_reference(config):
     assert manual <= reference
 
 
-def _result(manual_ms: float, reference_ms: float, fraction: float) -> dict:
+def _result(manual_ms: float, reference_ms: float, fraction: float, model: str = "m") -> dict:
     rows = [
-        {"model": "m", "batch": 128, "impl": impl, "step_ms": ms, "gflops": 1.0, "temp_bytes": temp}
+        {"model": model, "batch": 128, "impl": impl, "step_ms": ms, "gflops": 1.0, "temp_bytes": temp}
         for impl, ms, temp in [("manual", manual_ms, 10), ("explicit", manual_ms, 10), ("reference", reference_ms, 12),
                                ("torch", 2 * manual_ms, None), ("gemms_only", 0.5, 0)]
     ]
@@ -48,10 +48,24 @@ def test_targets_pass_and_fail_on_the_measured_numbers():
     met = {what: ok for what, _, ok in benchmark.targets(_result(1.0, 1.0, 0.61))}
     assert all(met.values()), met
     met = {what: ok for what, _, ok in benchmark.targets(_result(1.06, 1.0, 0.59))}
-    assert not met["manual / reference, every config <= 1.05"]
-    assert not met["manual / reference step time, median over configs <= 1.00"]
+    assert not met["MLP manual / reference, every config <= 1.05"]
+    assert not met["MLP manual / reference step time, median over configs <= 1.00"]
     assert not met["scanned epoch, batch 128: fraction of GEMM peak >= 0.60"]
     assert met["temp bytes manual <= reference at m@128"]
+
+
+def test_cnn_targets_are_the_cnn_issues():
+    met = {what: ok for what, _, ok in benchmark.targets(_result(0.55, 1.0, 0.61, model="cnn"))}
+    assert met["CNN manual / reference at cnn@128 <= 0.60"] and met["torch / manual at cnn@128 >= 0.8"]
+    assert not any(what.startswith("MLP") for what in met)
+    met = {what: ok for what, _, ok in benchmark.targets(_result(0.65, 1.0, 0.61, model="cnn"))}
+    assert not met["CNN manual / reference at cnn@128 <= 0.60"]
+
+
+def test_cnn_flops_count_the_convolutions():
+    # conv 1->32 on 28x28, conv 32->64 on 14x14, dense 3136->128, 128->10 at batch 1
+    fwd = [2 * 784 * 9 * 32, 2 * 196 * 9 * 32 * 64, 2 * 3136 * 128, 2 * 128 * 10]
+    assert benchmark.Config(benchmark.CNN, 1).matmul_flops() == 3 * sum(fwd) - fwd[0]
 
 
 def test_quick_run_writes_the_json_and_the_report(tmp_path, capsys):
