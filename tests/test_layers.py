@@ -202,3 +202,22 @@ def test_the_three_gradient_sources_train_a_regularised_cnn_alike():
     for g in ("explicit", "reference"):
         np.testing.assert_allclose(runs[g].step_losses, runs["manual"].step_losses, rtol=1e-4)
         assert_trees_close(runs[g].state, runs["manual"].state, rtol=1e-4, atol=1e-5)
+
+
+def test_the_loop_epoch_equals_the_scanned_epoch():
+    """make_epoch(scan=False) (the CNN-on-CPU form) runs the same steps with the same keys."""
+    model = nn.serial(nn.Conv2D(3, 3), nn.BatchNorm(), nn.ReLU(), nn.Flatten(), nn.Dropout(0.3), nn.Linear(2))
+    _, params = model.init(jax.random.key(0), (1, 5, 5, 1))
+    _, state = model.init_state((1, 5, 5, 1))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(40, 5, 5, 1)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 2, 40), jnp.int32)
+    opt = train.sgd_with_clipping(0.1, 5.0, 0.9)
+    copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)
+    out = {}
+    for scan in (True, False):
+        epoch = train.make_epoch(model, losses.softmax_cross_entropy, opt, 16, scan=scan)
+        epoch = epoch.lower(params, opt.init(params), x, y, KEY, state).compile()
+        out[scan] = epoch(copy(params), opt.init(params), x, y, KEY, copy(state))
+    assert out[False][2]["loss"].shape == (2,)
+    assert_trees_close(out[False], out[True], rtol=1e-5, atol=1e-6)
