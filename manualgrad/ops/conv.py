@@ -114,7 +114,8 @@ def _check_conv2d(
     if len(dtypes) != 1:
         fail(
             _WHERE,
-            f"x, w and b must share one dtype, got x {jnp.result_type(x)}, w {jnp.result_type(w)}, b {jnp.result_type(b)}",
+            f"x, w and b must share one dtype, got x {jnp.result_type(x)}, "
+            f"w {jnp.result_type(w)}, b {jnp.result_type(b)}",
         )
 
 
@@ -124,14 +125,15 @@ def _conv2d_examples(rng: np.random.Generator) -> list[Example]:
         args = (rng.normal(size=x_shape), rng.normal(size=w_shape), rng.normal(size=c_out))
         return Example(args, dict(params, groups=groups) if groups > 1 else params)
 
+    # each example combines several edge cases: together they cover every branch of the backward
     return [
-        case((2, 6, 5, 3), (2, 2), 4, stride=3),  # stride > kernel; the 6th row is never read
-        case((1, 4, 4, 2), (2, 2), 3, padding=3, dilation=2),  # padding > kernel, dilation 2, batch of one
+        # stride > kernel, asymmetric padding; the last 2 padded rows and columns are never read
+        case((2, 6, 5, 3), (2, 2), 4, stride=3, padding=((1, 0), (0, 2))),
+        # padding larger than the kernel (x_bar's pads go negative), dilation 2, a batch of one
+        case((1, 4, 4, 2), (2, 2), 3, padding=3, dilation=2),
         case((2, 3, 4, 3), (1, 1), 2, stride=2, padding=1),  # 1x1 kernel inside its padding, an unread column
-        case((2, 4, 5, 2), (2, 3), 3, stride=(1, 2), padding=((1, 0), (2, 1))),  # asymmetric padding
-        case((2, 5, 6, 2), (3, 3), 2, stride=2, padding="SAME"),
-        case((2, 5, 5, 4), (2, 2), 2, groups=2, stride=2, dilation=(2, 1), padding=1),
-        case((2, 3, 3, 2), (3, 3), 4),  # the kernel covers the whole image
+        case((2, 5, 6, 4), (3, 3), 2, groups=2, stride=2, padding="SAME"),  # SAME with stride 2, groups 2
+        case((2, 3, 3, 2), (2, 3), 4, dilation=(2, 1)),  # the dilated kernel covers the whole image
     ]
 
 
@@ -162,8 +164,9 @@ def conv2d(
       then ``xp_bar[a] = sum_p gs[a - p d] w[p]`` and, substituting ``p = K - 1 - p'``,
       ``xp_bar[a] = sum_{p'} gs[a - E + 1 + p' d] w[K - 1 - p']``: a stride-1 correlation of ``gs``
       (``lhs_dilation = s``) with the spatially flipped kernel (``rhs_dilation = d``) whose in and out
-      channel axes are exchanged group by group (``w_t[p', q', o', G c] = w[K-1-p', K-1-q', c, G o']``,
-      one group's outputs feed that group's inputs: ``feature_group_count = groups``). ``gs`` is padded by
+      channel axes are exchanged within each group ``k``: ``w_t[p', q', o, k Cg + c] =
+      w[K-1-p', K-1-q', c, k Co + o]`` with ``Co = C_out / groups``, so one group's outputs feed that
+      group's inputs (``feature_group_count = groups``). ``gs`` is padded by
       ``E - 1`` before and after; dropping the first ``t`` and last ``b_`` rows of ``xp_bar`` (the
       padding) and appending the ``u`` unread zero rows gives ``x_bar`` directly: pads
       ``(E - 1 - t, E - 1 - b_ + u)``, negative where the padding exceeds ``E - 1`` (XLA crops there).

@@ -37,7 +37,7 @@ def _dropout_examples(rng: np.random.Generator) -> list[Example]:
         key = np.asarray(jax.random.PRNGKey(int(rng.integers(2**31))))
         return Example((rng.normal(size=shape), key), {"rate": rate})
 
-    return [case((4, 5), 0.5), case((2, 3, 3, 2), 0.9), case((3, 2), 0.0)]
+    return [case((2, 3, 4), 0.5), case((3, 2), 0.0)]
 
 
 @defop(static=("rate",), constant=("key",), check=_check_dropout, examples=_dropout_examples)

@@ -40,7 +40,7 @@ def _check_norm(where: str, min_rank: int, layout: str) -> Callable[..., None]:
                     f"per channel (x's last axis), shape ({c},)",
                 )
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            fail(where, f"eps={eps!r} must be a positive number (it keeps 1 / sqrt(var + eps) finite for a constant channel)")
+            fail(where, f"eps={eps!r} must be a positive number (1 / sqrt(var + eps) on a constant channel)")
         dtypes = {jnp.result_type(a) for a in (x, gamma, beta)}
         if len(dtypes) != 1:
             fail(
@@ -52,14 +52,16 @@ def _check_norm(where: str, min_rank: int, layout: str) -> Callable[..., None]:
     return check
 
 
-def _norm_examples(shapes: list[tuple], offset_shape: tuple) -> Callable[[np.random.Generator], list[Example]]:
+def _norm_examples(plain: tuple, offset: tuple) -> Callable[[np.random.Generator], list[Example]]:
+    """One example of shape ``plain``, and one of shape ``offset`` far from zero (x ~ 30 +- 2) with a larger eps."""
+
     def examples(rng: np.random.Generator) -> list[Example]:
         def case(shape: tuple, shift: float = 0.0, **params: float) -> Example:
             c = shape[-1]
             gamma, beta = 1 + 0.5 * rng.normal(size=c), rng.normal(size=c)
             return Example((rng.normal(size=shape) * 2 + shift, gamma, beta), params)
 
-        return [case(s) for s in shapes] + [case(offset_shape, shift=30.0, eps=1e-3)]
+        return [case(plain), case(offset, shift=30.0, eps=1e-3)]
 
     return examples
 
@@ -87,7 +89,7 @@ _BATCH = "manualgrad.ops.batch_norm"
 @defop(
     static=("eps",),
     check=_check_norm(_BATCH, 2, "(N, ..., C): statistics over every axis but the channel axis"),
-    examples=_norm_examples([(6, 3), (1, 3, 2, 4)], (4, 2, 3)),
+    examples=_norm_examples((1, 3, 2, 4), (6, 3)),  # an NHWC batch of one image; a plain batch
 )
 def batch_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float = 1e-5) -> jax.Array:
     """Training-mode batch normalisation: statistics over every axis but the last (the batch and, for
@@ -127,7 +129,7 @@ _LAYER = "manualgrad.ops.layer_norm"
 @defop(
     static=("eps",),
     check=_check_norm(_LAYER, 1, "(..., C): statistics over the last axis"),
-    examples=_norm_examples([(4, 5), (6,)], (2, 3, 4)),
+    examples=_norm_examples((2, 3, 4), (6,)),
 )
 def layer_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float = 1e-5) -> jax.Array:
     """Layer normalisation over the last axis (``m = C`` elements per statistic, one statistic per
