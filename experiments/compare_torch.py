@@ -1,6 +1,6 @@
-"""manualgrad side by side with PyTorch: same MLP, same initial weights, same batches, same optimiser.
+"""manualgrad side by side with PyTorch: same model, same initial weights, same batches, same optimiser.
 
-``python -m experiments.compare_torch --task {mnist,california_housing} --out DIR``
+``python -m experiments.compare_torch --task {mnist,fashion_mnist,california_housing} [--model {mlp,cnn}] --out DIR``
 
 The JAX run is the experiment's own (``manualgrad.train.fit``: hand-written VJPs, scanned
 epoch). The PyTorch run is an ``nn.Sequential`` of the same layers whose weights are
@@ -12,11 +12,24 @@ momentum and clipping norm, in float32 (``--dtype float64``: both in float64).
 absolute parameter difference after each epoch; a table is printed. PyTorch is an optional
 extra (``pip install torch``).
 
+``--model cnn`` (mnist, fashion_mnist) compares the task's CNN (:func:`experiments.common.cnn`).
+Its twin is ``Conv2d(C_in, C_out, 3, padding=1)`` with ``weight = w.transpose(3, 2, 0, 1)``
+(HWIO to OIHW), ``BatchNorm2d(eps=1e-5, momentum=0.1)`` where the model has batch norm,
+``ReLU``, ``MaxPool2d(2)``, then the dense layers as for the MLP; it takes the images NCHW
+and turns them back to NHWC before flattening, so the flattened features come in JAX's order
+and the dense weights copy as ``w.T``. Dropout is off in both runs (the frameworks' masks
+cannot match): the Dropout layers stay in place at rate 0, which is noted in
+``comparison.json``. Batch norm trains on batch statistics in both, the test metrics use the
+running statistics, and their largest difference after the run is ``state_max_abs_diff``.
+
 How close the runs can stay: each step's gradients agree to rounding (float64: 4e-16), but
 ``clip_grad_norm_`` divides by ``norm + 1e-6`` where optax divides by ``norm``, and float32
 sums round in a different order. Training amplifies such differences, so the comparison also
 runs JAX against itself from weights nudged by one part in 1e7: when that pair drifts as far
 apart as JAX and PyTorch do, the gap is the trajectory's sensitivity, not a gradient error.
+The CNN's max pooling and ReLU make that sensitivity jumpy: a rounding-sized difference can
+switch which input a window passes on, so one nudge may stay at 1e-7 where another (or
+PyTorch against itself) jumps to 1e-3 within an epoch in float32; float64 leaves no room for it.
 """
 
 from __future__ import annotations
@@ -32,25 +45,138 @@ import jax
 import numpy as np
 
 from experiments import common
-from manualgrad import data, train
+from manualgrad import data, nn, train
 
 
 def torch_model(task: common.Task, params: Any):
-    """The task's MLP in PyTorch, with its weights copied from the JAX ``params``."""
+    """The task's model in PyTorch (MLP, or CNN: :func:`torch_cnn`), weights copied from the JAX ``params``."""
     import torch
 
+    if task.arch == "cnn":
+        return torch_cnn(task, params)
     layers: list[torch.nn.Module] = [torch.nn.Flatten()] if len(task.input_shape) > 1 else []
     linears = [p for p in params if p]  # Linear params are {"w", "b"}; activations and Flatten have ()
     for i, p in enumerate(linears):
-        w = np.asarray(p["w"])
-        lin = torch.nn.Linear(*w.shape, dtype=torch.float64 if w.dtype == np.float64 else torch.float32)
-        with torch.no_grad():
-            lin.weight.copy_(torch.tensor(w.T))
-            lin.bias.copy_(torch.tensor(np.asarray(p["b"])))
-        layers.append(lin)
+        layers.append(_linear(p))
         if i < len(linears) - 1:
             layers.append(torch.nn.ReLU())
     return torch.nn.Sequential(*layers)
+
+
+def _torch_dtype(a: Any):
+    import torch
+
+    return torch.float64 if np.asarray(a).dtype == np.float64 else torch.float32
+
+
+def _linear(p: dict):
+    """``torch.nn.Linear`` with manualgrad's ``{"w": (d_in, d_out), "b"}``: ``weight = w.T``."""
+    import torch
+
+    w = np.asarray(p["w"])
+    lin = torch.nn.Linear(*w.shape, dtype=_torch_dtype(w))
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(w.T))
+        lin.bias.copy_(torch.tensor(np.asarray(p["b"])))
+    return lin
+
+
+def cnn_layers(task: common.Task, dropout: bool = False) -> list[tuple]:
+    """The layers of :func:`experiments.common.cnn` for ``task``, as ``(kind, argument)`` pairs.
+
+    Both frameworks' CNNs are built from this list (:func:`jax_model`, :func:`torch_cnn`).
+    ``dropout=False`` sets the Dropout layers' rates to 0 (they stay, so the params, state and
+    per-layer keys keep the layout of the experiment's model); ``dropout=True`` gives the
+    experiment's own rates (the tests check that model against ``task.model()``).
+    """
+    norm = [("batchnorm", None)] if task.cnn_regularised else []
+    drop = (lambda rate: [("dropout", rate if dropout else 0.0)]) if task.cnn_regularised else (lambda rate: [])
+
+    def block(channels: int) -> list[tuple]:
+        return [("conv", channels), *norm, ("relu", None), ("maxpool", 2)]
+
+    return [*block(32), *block(64), ("flatten", None), *drop(0.25), ("linear", 128), ("relu", None), *drop(0.5),
+            ("linear", task.outputs)]
+
+
+#: the manualgrad layer of each kind in :func:`cnn_layers`
+JAX_LAYERS: dict[str, Callable[[Any], Any]] = {
+    "conv": lambda c: nn.Conv2D(c, 3, padding="SAME"),
+    "batchnorm": lambda _: nn.BatchNorm(),
+    "relu": lambda _: nn.ReLU(),
+    "maxpool": lambda k: nn.MaxPool2D(k),
+    "flatten": lambda _: nn.Flatten(),
+    "dropout": lambda rate: nn.Dropout(rate),
+    "linear": lambda n: nn.Linear(n),
+}
+
+
+def jax_model(task: common.Task, dropout: bool = False) -> nn.Layer:
+    """The model both frameworks train: ``task.model()``, the CNN with dropout off (see :func:`cnn_layers`)."""
+    if task.arch != "cnn":
+        return task.model()
+    return nn.serial(*(JAX_LAYERS[kind](arg) for kind, arg in cnn_layers(task, dropout)))
+
+
+def dropout_note(task: common.Task) -> str | None:
+    """What ``comparison.json`` says about dropout, for a model that has some."""
+    rates = [arg for kind, arg in cnn_layers(task, dropout=True) if kind == "dropout"] if task.arch == "cnn" else []
+    if not rates:
+        return None
+    return (f"dropout off: the model's Dropout layers (rates {', '.join(f'{r:g}' for r in rates)}) run at rate 0 in "
+            "both frameworks, since their masks cannot match; everything else is the experiment's model")
+
+
+def torch_cnn(task: common.Task, params: Any):
+    """The CNN of :func:`cnn_layers` in PyTorch, with the JAX ``params``; input NCHW.
+
+    ``Conv2d.weight = w.transpose(3, 2, 0, 1)`` (HWIO to OIHW); ``BatchNorm2d.weight = gamma``,
+    ``bias = beta``; before ``Flatten`` the activation goes back to NHWC, so the flattened
+    features are in JAX's order and the dense weights copy as ``w.T``. Dropout has rate 0.
+    """
+    import torch
+
+    class FlattenNHWC(torch.nn.Module):
+        """NCHW in, the NHWC flattening of JAX's ``Flatten`` out."""
+
+        def forward(self, x):
+            return x.permute(0, 2, 3, 1).flatten(1)
+
+    layers: list[torch.nn.Module] = []
+    for (kind, arg), p in zip(cnn_layers(task), params, strict=True):
+        if kind == "conv":
+            w = np.asarray(p["w"])
+            conv = torch.nn.Conv2d(w.shape[2], w.shape[3], w.shape[:2], padding=1, dtype=_torch_dtype(w))
+            with torch.no_grad():
+                conv.weight.copy_(torch.from_numpy(w.transpose(3, 2, 0, 1).copy()))
+                conv.bias.copy_(torch.from_numpy(np.asarray(p["b"]).copy()))
+            layers.append(conv)
+        elif kind == "batchnorm":
+            gamma = np.asarray(p["gamma"])
+            bn = torch.nn.BatchNorm2d(len(gamma), eps=1e-5, momentum=0.1, dtype=_torch_dtype(gamma))
+            with torch.no_grad():
+                bn.weight.copy_(torch.from_numpy(gamma.copy()))
+                bn.bias.copy_(torch.from_numpy(np.asarray(p["beta"]).copy()))
+            layers.append(bn)
+        elif kind == "relu":
+            layers.append(torch.nn.ReLU())
+        elif kind == "maxpool":
+            layers.append(torch.nn.MaxPool2d(arg))
+        elif kind == "flatten":
+            layers.append(FlattenNHWC())
+        elif kind == "dropout":
+            layers.append(torch.nn.Dropout(arg))
+        else:
+            layers.append(_linear(p))
+    return torch.nn.Sequential(*layers)
+
+
+def torch_inputs(task: common.Task, x: np.ndarray):
+    """Inputs as the torch model takes them: NCHW images for the CNN (from NHWC), else as they are."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    return t.permute(0, 3, 1, 2).contiguous() if task.arch == "cnn" else t
 
 
 def torch_loss(task: common.Task) -> Callable:
@@ -67,14 +193,34 @@ def torch_labels(task: common.Task, y: np.ndarray):
     return torch.tensor(y).long() if task.metric == "accuracy" else torch.tensor(y)
 
 
-def torch_params(model) -> list[np.ndarray]:
-    """The torch model's parameters in the order and layout of the JAX params' leaves (b before w)."""
+def torch_params(model, grad: bool = False) -> list[np.ndarray]:
+    """The torch model's parameters (``grad=True``: their ``.grad``) in the order and layout of
+    the JAX params' leaves: Linear ``b, w = weight.T``; Conv2d ``b, w = weight.transpose(2, 3,
+    1, 0)`` (OIHW to HWIO); BatchNorm2d ``beta = bias, gamma = weight``."""
     import torch
+
+    def get(t):
+        return (t.grad if grad else t).detach().numpy()
 
     out = []
     for m in model:
         if isinstance(m, torch.nn.Linear):
-            out += [m.bias.detach().numpy().copy(), m.weight.detach().numpy().T.copy()]
+            out += [get(m.bias).copy(), get(m.weight).T.copy()]
+        elif isinstance(m, torch.nn.Conv2d):
+            out += [get(m.bias).copy(), get(m.weight).transpose(2, 3, 1, 0).copy()]
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            out += [get(m.bias).copy(), get(m.weight).copy()]
+    return out
+
+
+def torch_state(model) -> list[np.ndarray]:
+    """The running statistics in the order of the JAX state's leaves (``mean, var`` per batch norm)."""
+    import torch
+
+    out = []
+    for m in model:
+        if isinstance(m, torch.nn.BatchNorm2d):
+            out += [m.running_mean.numpy().copy(), m.running_var.numpy().copy()]
     return out
 
 
@@ -87,7 +233,7 @@ def run_torch(task: common.Task, args: argparse.Namespace, ds: data.Dataset, par
     model = torch_model(task, params)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     loss_fn = torch_loss(task)
-    x, x_test = torch.tensor(ds.x_train), torch.tensor(ds.x_test)
+    x, x_test = torch_inputs(task, ds.x_train), torch_inputs(task, ds.x_test)
     y, y_test = torch_labels(task, ds.y_train), torch_labels(task, ds.y_test)
     key, step = common.shuffle_key(args.seed), 0
     run: dict[str, Any] = {"epoch_seconds": [], "train_loss": [], "params": []}
@@ -96,6 +242,7 @@ def run_torch(task: common.Task, args: argparse.Namespace, ds: data.Dataset, par
         lrs = [float(schedule(s)) if callable(schedule) else schedule for s in range(step, step + len(batches))]
         losses = []
         start = time.perf_counter()
+        model.train()  # batch norm on batch statistics (dropout has rate 0)
         for idx, lr in zip(torch.tensor(batches), lrs):
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -109,8 +256,10 @@ def run_torch(task: common.Task, args: argparse.Namespace, ds: data.Dataset, par
         step += len(batches)
         run["train_loss"].append(float(torch.stack(losses).mean()))
         run["params"].append(torch_params(model))
+    run["state"] = torch_state(model)
+    model.eval()  # batch norm on the running statistics
     with torch.no_grad():
-        pred = model(x_test)
+        pred = torch.cat([model(x_test[i : i + 1000]) for i in range(0, len(x_test), 1000)])
         run["test"] = {"loss": float(loss_fn(pred, y_test))}
         if task.metric == "accuracy":
             run["test"]["accuracy"] = float((pred.argmax(-1) == y_test).double().mean())
@@ -136,8 +285,12 @@ def table(result: dict, metric: str) -> str:
         ("largest |param_jax - param_torch| per epoch", "param_max_abs_diff_per_epoch"),
         ("same, JAX vs JAX started from weights nudged by 1e-7", "jax_perturbed_1e-7_max_abs_diff_per_epoch"),
     ):
-        lines.append(f"{label}:\n  " + " ".join(f"{d:.1e}" for d in result[key]))
+        if result[key] is not None:
+            lines.append(f"{label}:\n  " + " ".join(f"{d:.1e}" for d in result[key]))
     lines.append(f"largest |param_jax - param_torch| after the run: {result['param_max_abs_diff']:.3e}")
+    if result.get("state_max_abs_diff") is not None:
+        lines.append(f"largest |running statistics jax - torch| after the run: {result['state_max_abs_diff']:.3e}")
+    lines += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(lines)
 
 
@@ -149,8 +302,13 @@ def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 def run_jax(task: common.Task, args: argparse.Namespace, ds: data.Dataset, params: Any, schedule: Any) -> dict:
     """The experiment's own training (``manualgrad.train.fit``); keeps its params after each epoch."""
     snapshots: list[list[np.ndarray]] = []
+    model = jax_model(task)
+    # the state in the params' dtype (BatchNorm makes float32 running statistics)
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    state = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype),
+                                   nn.init_state(model, (args.batch_size, *task.input_shape))[1])
     history = train.fit(
-        task.model(),
+        model,
         task.loss,
         train.sgd_with_clipping(schedule, args.max_norm, args.momentum),
         params,
@@ -160,13 +318,19 @@ def run_jax(task: common.Task, args: argparse.Namespace, ds: data.Dataset, param
         key=common.shuffle_key(args.seed),
         metric=task.metric,
         on_epoch=lambda entry, p: snapshots.append(jax.device_get(jax.tree_util.tree_leaves(p))),
+        state=state,
     )
-    return {"history": history, "params": snapshots}
+    return {"history": history, "params": snapshots, "state": jax.device_get(jax.tree_util.tree_leaves(history.state))}
 
 
-def compare(task: common.Task, args: argparse.Namespace) -> dict:
-    """Run both frameworks on ``task`` with ``args`` and return the comparison."""
-    ds = task.load(args.data_dir, args.limit)
+def compare(task: common.Task, args: argparse.Namespace, ds: data.Dataset | None = None, *, sensitivity: bool = True) -> dict:
+    """Run both frameworks on ``task`` with ``args`` and return the comparison.
+
+    ``ds``: the prepared dataset to use instead of ``task.load(args.data_dir, args.limit)``;
+    ``sensitivity=False`` skips the third run, JAX from nudged weights (its entry is then None).
+    """
+    if ds is None:
+        ds = task.load(args.data_dir, args.limit)
     common.check_data(args, len(ds.x_train))
     params = task.init(args.seed)
     if args.dtype == "float64":
@@ -179,11 +343,17 @@ def compare(task: common.Task, args: argparse.Namespace) -> dict:
     jax_run = run_jax(task, args, ds, params, schedule)
     # The same JAX run from weights perturbed by one part in 1e7 (about one float32 ulp):
     # how far the training trajectory itself carries a rounding-sized difference.
-    rng = np.random.default_rng(args.seed)
-    nudged = jax.tree_util.tree_map(lambda a: a * (1 + 1e-7 * rng.choice([-1.0, 1.0], np.shape(a))).astype(a.dtype), params)
-    nudged_run = run_jax(task, args, ds, nudged, schedule)
+    if sensitivity:
+        rng = np.random.default_rng(args.seed)
+        nudged = jax.tree_util.tree_map(lambda a: a * (1 + 1e-7 * rng.choice([-1.0, 1.0], np.shape(a))).astype(a.dtype), params)
+        nudged_run = run_jax(task, args, ds, nudged, schedule)
     diffs = [max_abs_diff(a, b) for a, b in zip(jax_run["params"], torch_run["params"], strict=True)]
-    sensitivity = [max_abs_diff(a, b) for a, b in zip(jax_run["params"], nudged_run["params"], strict=True)]
+    state_diff = max_abs_diff(jax_run["state"], torch_run.pop("state")) if jax_run["state"] else None
+    notes = [n for n in (dropout_note(task),) if n]
+    if state_diff is not None:
+        notes.append("batch norm: batch statistics while training in both frameworks, the running statistics for "
+                     "the test metrics; state_max_abs_diff is the running statistics' largest difference after the run")
+    spread = [max_abs_diff(a, b) for a, b in zip(jax_run["params"], nudged_run["params"], strict=True)] if sensitivity else None
     result = jax_run["history"]
     del torch_run["params"]
     last = result.epochs[-1]
@@ -204,20 +374,32 @@ def compare(task: common.Task, args: argparse.Namespace) -> dict:
         "param_max_abs_diff": diffs[-1],
         "param_max_abs_diff_per_epoch": diffs,
         "first_epoch_above_1e-4": above[0] if above else None,
-        "jax_perturbed_1e-7_max_abs_diff_per_epoch": sensitivity,
+        "jax_perturbed_1e-7_max_abs_diff_per_epoch": spread,
+        "state_max_abs_diff": state_diff,
+        "notes": notes,
     }
 
 
 OUT = "runs/compare_{task}"
+OUT_CNN = "runs/compare_{task}_cnn"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = common.parser(None, __doc__, training=False, out=OUT)
     p.add_argument("--task", choices=tuple(common.TASKS), required=True, help="which experiment to compare")
+    p.add_argument(
+        "--model",
+        choices=("mlp", "cnn"),
+        default="mlp",
+        help="the task's MLP, or its CNN (mnist, fashion_mnist; dropout off; epochs, batch size and lr then "
+        f"as in the CNN experiment, --out {OUT_CNN.format(task='TASK')})",
+    )
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="precision of both runs")
     args = p.parse_args(argv)
-    task = common.TASKS[args.task]
-    common.fill_task_defaults(task, args, out=OUT)
+    if args.model == "cnn" and args.task not in common.CNN_TASKS:
+        p.error(f"--model cnn: {args.task} has no CNN (choose from {', '.join(common.CNN_TASKS)})")
+    task = common.task_for(args.task, args.model)
+    common.fill_task_defaults(task, args, out=OUT_CNN if args.model == "cnn" else OUT)
     common.check_args(p, args)
     try:
         import torch  # noqa: F401
@@ -234,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
-    print(f"{task.name} {task.architecture}, {args.epochs} epochs, batch {args.batch_size}, {args.dtype}")
+    print(f"{task.name} {task.architecture}{' (dropout off)' if dropout_note(task) else ''}, {args.epochs} epochs, batch {args.batch_size}, {args.dtype}")
     print(table(result, task.metric))
     print(f"wrote {out / 'comparison.json'}")
     return 0
