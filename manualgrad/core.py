@@ -125,6 +125,15 @@ def fail(where: str, message: str) -> None:
     raise ValueError(f"{where}: {message}")
 
 
+def same_dtype(where: str, **arrays: Any) -> None:
+    """Fail unless every one of ``arrays`` (name=value) has the same dtype, naming each one's."""
+    dtypes = {name: jnp.result_type(a) for name, a in arrays.items()}
+    if len(set(dtypes.values())) > 1:
+        names = list(dtypes)
+        listed = ", ".join(f"{n} {d}" for n, d in dtypes.items())
+        fail(where, f"{', '.join(names[:-1])} and {names[-1]} must share one dtype, got {listed}")
+
+
 def describe(name: str, value: Any) -> str:
     """``name.shape=(..) dtype`` for error messages; works on tracers and pytrees."""
     leaves = jax.tree_util.tree_leaves(value)

@@ -64,7 +64,8 @@ def test_an_op_whose_backward_is_autodiff_fails_its_checks():
 def every_layer_model():
     """A model holding every layer of manualgrad.nn, and a loss holding every loss."""
     trunk = nn.serial(
-        nn.Flatten(), nn.Linear(6), nn.ReLU(), nn.Linear(6, init="glorot"), nn.LeakyReLU(0.1), nn.ScaledReLU(2.0),
+        nn.Conv2D(3, 3, padding="SAME"), nn.BatchNorm(), nn.MaxPool2D(2), nn.AvgPool2D(1), nn.LayerNorm(),
+        nn.Dropout(0.3), nn.Flatten(), nn.Linear(6), nn.ReLU(), nn.Linear(6, init="glorot"), nn.LeakyReLU(0.1), nn.ScaledReLU(2.0),
         nn.Sigmoid(), nn.Tanh(), nn.Softplus(), nn.GELU(), nn.GELU(approximate=True), nn.Square(), nn.Identity(),
         nn.from_op(REGISTRY["manualgrad.ops.tanh"].op, "FromOp"),
     )
@@ -74,9 +75,9 @@ def every_layer_model():
     loss = losses.multitask(losses.mse, losses.scaled(losses.sse, 0.5), losses.softmax_cross_entropy,
                             losses.binary_cross_entropy_with_logits)
     model = nn.serial(trunk, heads)
-    _, params = model.init(jax.random.PRNGKey(0), (5, 2, 3))
+    _, params = model.init(jax.random.PRNGKey(0), (5, 4, 4, 2))
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(5, 2, 3)))
+    x = jnp.asarray(rng.normal(size=(5, 4, 4, 2)))
     y = (jnp.asarray(rng.dirichlet(np.ones(3), 5)), jnp.asarray(rng.normal(size=(5, 3))),
          jnp.asarray(rng.integers(0, 4, 5)), jnp.asarray(rng.integers(0, 2, (5, 2)).astype(np.float64)))
     return model, loss, as_float64(params), x, y
@@ -84,9 +85,9 @@ def every_layer_model():
 
 def test_the_model_holds_every_layer_and_every_loss():
     model, loss, params, x, y = every_layer_model()
-    _, _, trace = backprop.value_and_grad(model, loss, trace=True)(params, x, y)
+    _, _, trace = backprop.value_and_grad(model, loss, trace=True)(params, x, y, key=KEY)
     names = {e.name.split("(")[0] for e in trace}
-    layers = {n for n in nn.__all__ if n[0].isupper() and n != "Layer"}
+    layers = {n for n in nn.__all__ if n[0].isupper() and n not in ("Layer", "LAYERS", "LayerExample")}
     assert layers <= names | {"Linear"}, f"layers missing from the model: {layers - names}"
     assert {"FromOp", "fanout"} <= names
     used = " ".join(p.name for p in loss.parts)
@@ -95,14 +96,20 @@ def test_the_model_holds_every_layer_and_every_loss():
     assert "0.5*manualgrad.losses.sse" in used  # the combinators: scaled inside multitask
 
 
+KEY = jax.random.key(3)  # dropout's, in training mode
+
+
 def explicit_pass(model, loss):
-    return lambda params, x, y: backprop.value_and_grad(model, loss)(params, x, y)
+    return lambda params, x, y: backprop.value_and_grad(model, loss)(params, x, y, key=KEY)
 
 
 def aliased_grad_pass(model, loss):
     """Planted: gradients by an aliased jax.grad, not by the layers' rules."""
     def run(params, x, y):
-        return loss(model.apply(params, x), y), _grad(lambda p: loss(model.apply(p, x), y))(params)
+        def objective(p):
+            return loss(model.apply(p, x, key=KEY, train=True), y)
+
+        return objective(params), _grad(objective)(params)
     return run
 
 
@@ -110,8 +117,8 @@ def aliased_vjp_pass(model, loss):
     """Planted: the hand-written backward fills the trace, but the returned gradients come
     from an aliased jax.vjp of model.fwd."""
     def run(params, x, y):
-        value, grads = backprop.value_and_grad(model, loss)(params, x, y)
-        (pred, _), pullback = _vjp(lambda p: model.fwd(p, x), params)
+        value, grads = explicit_pass(model, loss)(params, x, y)
+        (pred, _), pullback = _vjp(lambda p: model.fwd(p, x, key=KEY, train=True), params)
         y_bar = jax.grad(lambda z: loss(z, y))(pred)
         return value, pullback((y_bar, jax.tree_util.tree_map(jnp.zeros_like, _)))[0]
     return run
@@ -121,8 +128,8 @@ def test_the_explicit_pass_over_every_layer_and_loss_uses_no_autodiff():
     model, loss, params, x, y = every_layer_model()
     with no_autodiff("the explicit pass"):
         value, grads = jax.jit(explicit_pass(model, loss))(params, x, y)
-        jax.make_jaxpr(train.loss_and_grad(model, loss, "explicit"))(params, x, y)
-    (_, want) = train.loss_and_grad(model, loss, "reference")(params, x, y)
+        jax.make_jaxpr(lambda p, x, y: train.loss_and_grad(model, loss, "explicit")(p, x, y, key=KEY))(params, x, y)
+    (_, want) = train.loss_and_grad(model, loss, "reference")(params, x, y, key=KEY)
     assert_trees_close(grads, want, rtol=1e-9, atol=1e-12)
 
 

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualgrad import ops
-from manualgrad.ops.norm_inference import batch_norm_inference
 from manualgrad.nn.dense import from_op
 from manualgrad.nn.layer import Layer, primitive, stateless
 
@@ -161,13 +160,13 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype: Any = jnp.float32
         if train:
             y = ops.batch_norm(x, params["gamma"], params["beta"], eps=eps)
             return y, None if state is None else running(state, x)
-        return batch_norm_inference(*eval_args(params, state, x), eps=eps), state
+        return ops.batch_norm_inference(*eval_args(params, state, x), eps=eps), state
 
     def fwd(params, state, x, key, train):
         if train:
             y, res = ops.batch_norm.fwd(x, params["gamma"], params["beta"], eps=eps)
             return y, None if state is None else running(state, x), (res, None)
-        y, res = batch_norm_inference.fwd(*eval_args(params, state, x), eps=eps)
+        y, res = ops.batch_norm_inference.fwd(*eval_args(params, state, x), eps=eps)
         return y, state, (None, res)
 
     def bwd(res, y_bar):
@@ -175,7 +174,7 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype: Any = jnp.float32
         if train_res is not None:
             x_bar, gamma_bar, beta_bar = ops.batch_norm.bwd(train_res, y_bar)
         else:
-            x_bar, gamma_bar, beta_bar, _, _ = batch_norm_inference.bwd(eval_res, y_bar)
+            x_bar, gamma_bar, beta_bar, _, _ = ops.batch_norm_inference.bwd(eval_res, y_bar)
         return {"gamma": gamma_bar, "beta": beta_bar}, x_bar
 
     def state_init(input_shape):

@@ -20,6 +20,7 @@ from manualgrad.ops.conv import conv2d
 from manualgrad.ops.dropout import dropout
 from manualgrad.ops.linear import linear
 from manualgrad.ops.norm import batch_norm, layer_norm
+from manualgrad.ops.norm_inference import batch_norm_inference
 from manualgrad.ops.pooling import avg_pool2d, max_pool2d
 from manualgrad.ops.reshape import flatten
 from manualgrad.ops.softmax import log_softmax, softmax
@@ -42,6 +43,7 @@ __all__ = [
     "max_pool2d",
     "avg_pool2d",
     "batch_norm",
+    "batch_norm_inference",
     "layer_norm",
     "dropout",
 ]

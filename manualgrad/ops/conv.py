@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from manualgrad.core import Example, defop, describe, fail
+from manualgrad.core import Example, defop, describe, fail, same_dtype
 
 _WHERE = "manualgrad.ops.conv2d"
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -110,13 +110,7 @@ def _check_conv2d(
                 f"the kernel spans {e} along {axis} (size {k}, dilation {d}) but the padded input has only "
                 f"{n + lo + hi} ({axis}={n} + padding {lo} + {hi}); x.shape={np.shape(x)}, w.shape={np.shape(w)}",
             )
-    dtypes = {jnp.result_type(a) for a in (x, w, b)}
-    if len(dtypes) != 1:
-        fail(
-            _WHERE,
-            f"x, w and b must share one dtype, got x {jnp.result_type(x)}, "
-            f"w {jnp.result_type(w)}, b {jnp.result_type(b)}",
-        )
+    same_dtype(_WHERE, x=x, w=w, b=b)
 
 
 def _conv2d_examples(rng: np.random.Generator) -> list[Example]:

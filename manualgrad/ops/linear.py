@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from manualgrad.core import Example, defop, describe, fail
+from manualgrad.core import Example, defop, describe, fail, same_dtype
 
 
 def _check_linear(x: jax.Array, w: jax.Array, b: jax.Array) -> None:
@@ -27,13 +27,7 @@ def _check_linear(x: jax.Array, w: jax.Array, b: jax.Array) -> None:
         )
     if np.shape(b)[0] != d_out:
         fail(where, f"b.shape={np.shape(b)} does not match w.shape={np.shape(w)}: b needs d_out={d_out} entries")
-    dtypes = {jnp.result_type(a) for a in (x, w, b)}
-    if len(dtypes) != 1:
-        fail(
-            where,
-            f"x, w and b must share one dtype, got x {jnp.result_type(x)}, "
-            f"w {jnp.result_type(w)}, b {jnp.result_type(b)}",
-        )
+    same_dtype(where, x=x, w=w, b=b)
 
 
 def _linear_examples(rng: np.random.Generator) -> list[Example]:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualgrad.core import Example, defop, describe, fail
+from manualgrad.core import Example, defop, describe, fail, same_dtype
 
 
 def _check_norm(where: str, min_rank: int, layout: str) -> Callable[..., None]:
@@ -41,13 +41,7 @@ def _check_norm(where: str, min_rank: int, layout: str) -> Callable[..., None]:
                 )
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
             fail(where, f"eps={eps!r} must be a positive number (1 / sqrt(var + eps) on a constant channel)")
-        dtypes = {jnp.result_type(a) for a in (x, gamma, beta)}
-        if len(dtypes) != 1:
-            fail(
-                where,
-                f"x, gamma and beta must share one dtype, got x {jnp.result_type(x)}, "
-                f"gamma {jnp.result_type(gamma)}, beta {jnp.result_type(beta)}",
-            )
+        same_dtype(where, x=x, gamma=gamma, beta=beta)
 
     return check
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from manualgrad.core import Example, defop, describe, fail
+from manualgrad.core import Example, defop, describe, fail, same_dtype
 
 
 def _check(x: jax.Array, gamma: jax.Array, beta: jax.Array, mean: jax.Array, var: jax.Array, eps: float = 1e-5) -> None:
@@ -20,6 +20,7 @@ def _check(x: jax.Array, gamma: jax.Array, beta: jax.Array, mean: jax.Array, var
             fail(where, f"{describe(name, a)} must have shape (C,)=({c},) for {describe('x', x)}")
     if not eps > 0:
         fail(where, f"eps must be > 0, got {eps!r}")
+    same_dtype(where, x=x, gamma=gamma, beta=beta)
 
 
 def _examples(rng: np.random.Generator) -> list[Example]:
