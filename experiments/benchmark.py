@@ -216,14 +216,14 @@ def torch_step_runner(config: Config) -> Runner | None:
         import torch
     except ImportError:
         return None
-    from experiments.compare_torch import torch_labels, torch_loss, torch_model
+    from experiments.compare_torch import torch_inputs, torch_labels, torch_loss, torch_model
 
     task = config.task
     model = torch_model(task, task.init(0))
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     loss_fn = torch_loss(task)
     x, y = random_batch(task, config.batch)
-    x, y = torch.tensor(x), torch_labels(task, y)
+    x, y = torch_inputs(task, x), torch_labels(task, y)
 
     def run(k: int) -> None:
         for _ in range(k):

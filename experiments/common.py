@@ -77,19 +77,35 @@ class Task:
         return ds
 
 
+#: the manualgrad layer of each kind in :func:`cnn_spec`
+CNN_LAYERS: dict[str, Callable[[Any], nn.Layer]] = {
+    "conv": lambda c: nn.Conv2D(c, 3, padding="SAME"),
+    "batchnorm": lambda _: nn.BatchNorm(),
+    "relu": lambda _: nn.ReLU(),
+    "maxpool": lambda k: nn.MaxPool2D(k),
+    "flatten": lambda _: nn.Flatten(),
+    "dropout": lambda rate: nn.Dropout(rate),
+    "linear": lambda n: nn.Linear(n),
+}
+
+
+def cnn_spec(outputs: int, regularised: bool = False, dropout: bool = True) -> list[tuple[str, Any]]:
+    """The CNN as ``(kind, argument)`` pairs (see :func:`cnn`); ``dropout=False`` keeps the
+    Dropout layers at rate 0 (the PyTorch comparison builds its twin from this list)."""
+    norm = [("batchnorm", None)] if regularised else []
+    drop = [("dropout", 0.3 if dropout else 0.0)] if regularised else []
+
+    def block(channels: int) -> list[tuple[str, Any]]:
+        return [("conv", channels), *norm, ("relu", None), ("maxpool", 2)]
+
+    return [*block(32), *block(64), ("flatten", None), ("linear", 128), ("relu", None), *drop, ("linear", outputs)]
+
+
 def cnn(outputs: int, regularised: bool = False) -> nn.Layer:
     """The CNN for 28x28x1 images: two blocks of 3x3 convolution ("SAME"), ReLU and 2x2 max
     pooling (32 then 64 channels), then dense 3136-128-``outputs``. ``regularised`` adds batch
-    norm after each convolution and dropout (0.25 before, 0.5 after the hidden dense layer)."""
-
-    def block(channels: int) -> list[nn.Layer]:
-        norm = [nn.BatchNorm()] if regularised else []
-        return [nn.Conv2D(channels, 3, padding="SAME"), *norm, nn.ReLU(), nn.MaxPool2D(2)]
-
-    drop = (lambda rate: [nn.Dropout(rate)]) if regularised else (lambda rate: [])
-    return nn.serial(
-        *block(32), *block(64), nn.Flatten(), *drop(0.25), nn.Linear(128), nn.ReLU(), *drop(0.5), nn.Linear(outputs)
-    )
+    norm after each convolution and dropout 0.3 after the hidden dense layer."""
+    return nn.serial(*(CNN_LAYERS[kind](arg) for kind, arg in cnn_spec(outputs, regularised)))
 
 
 def shuffle_key(seed: int) -> jax.Array:
@@ -152,7 +168,7 @@ CNN_TASKS = {
         FASHION_MNIST,
         arch="cnn",
         cnn_regularised=True,
-        defaults={"epochs": 15, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "max_norm": 5.0},
+        defaults={"epochs": 20, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "max_norm": 5.0},
     ),
 }
 

@@ -89,33 +89,14 @@ def cnn_layers(task: common.Task, dropout: bool = False) -> list[tuple]:
     per-layer keys keep the layout of the experiment's model); ``dropout=True`` gives the
     experiment's own rates (the tests check that model against ``task.model()``).
     """
-    norm = [("batchnorm", None)] if task.cnn_regularised else []
-    drop = (lambda rate: [("dropout", rate if dropout else 0.0)]) if task.cnn_regularised else (lambda rate: [])
-
-    def block(channels: int) -> list[tuple]:
-        return [("conv", channels), *norm, ("relu", None), ("maxpool", 2)]
-
-    return [*block(32), *block(64), ("flatten", None), *drop(0.25), ("linear", 128), ("relu", None), *drop(0.5),
-            ("linear", task.outputs)]
-
-
-#: the manualgrad layer of each kind in :func:`cnn_layers`
-JAX_LAYERS: dict[str, Callable[[Any], Any]] = {
-    "conv": lambda c: nn.Conv2D(c, 3, padding="SAME"),
-    "batchnorm": lambda _: nn.BatchNorm(),
-    "relu": lambda _: nn.ReLU(),
-    "maxpool": lambda k: nn.MaxPool2D(k),
-    "flatten": lambda _: nn.Flatten(),
-    "dropout": lambda rate: nn.Dropout(rate),
-    "linear": lambda n: nn.Linear(n),
-}
+    return common.cnn_spec(task.outputs, task.cnn_regularised, dropout)
 
 
 def jax_model(task: common.Task, dropout: bool = False) -> nn.Layer:
     """The model both frameworks train: ``task.model()``, the CNN with dropout off (see :func:`cnn_layers`)."""
     if task.arch != "cnn":
         return task.model()
-    return nn.serial(*(JAX_LAYERS[kind](arg) for kind, arg in cnn_layers(task, dropout)))
+    return nn.serial(*(common.CNN_LAYERS[kind](arg) for kind, arg in cnn_layers(task, dropout)))
 
 
 def dropout_note(task: common.Task) -> str | None:
