@@ -85,7 +85,7 @@ def every_layer_model():
 
 def test_the_model_holds_every_layer_and_every_loss():
     model, loss, params, x, y = every_layer_model()
-    _, _, trace = backprop.value_and_grad(model, loss, trace=True)(params, x, y, key=KEY)
+    _, _, trace = jax.jit(lambda p, x, y: backprop.value_and_grad(model, loss, trace=True)(p, x, y, key=KEY))(params, x, y)
     names = {e.name.split("(")[0] for e in trace}
     layers = {n for n in nn.__all__ if n[0].isupper() and n not in ("Layer", "LAYERS", "LayerExample")}
     assert layers <= names | {"Linear"}, f"layers missing from the model: {layers - names}"
@@ -129,7 +129,7 @@ def test_the_explicit_pass_over_every_layer_and_loss_uses_no_autodiff():
     with no_autodiff("the explicit pass"):
         value, grads = jax.jit(explicit_pass(model, loss))(params, x, y)
         jax.make_jaxpr(lambda p, x, y: train.loss_and_grad(model, loss, "explicit")(p, x, y, key=KEY))(params, x, y)
-    (_, want) = train.loss_and_grad(model, loss, "reference")(params, x, y, key=KEY)
+    (_, want) = jax.jit(lambda p, x, y: train.loss_and_grad(model, loss, "reference")(p, x, y, key=KEY))(params, x, y)
     assert_trees_close(grads, want, rtol=1e-9, atol=1e-12)
 
 
@@ -137,7 +137,8 @@ def test_the_explicit_pass_over_every_layer_and_loss_uses_no_autodiff():
 def test_planted_autodiff_in_the_explicit_pass_is_caught(planted):
     model, loss, params, x, y = every_layer_model()
     # the planted passes give the right numbers...
-    assert_trees_close(planted(model, loss)(params, x, y)[1], explicit_pass(model, loss)(params, x, y)[1], rtol=1e-9, atol=1e-12)
+    assert_trees_close(jax.jit(planted(model, loss))(params, x, y)[1], jax.jit(explicit_pass(model, loss))(params, x, y)[1],
+                       rtol=1e-9, atol=1e-12)
     # ...but not by hand
     with pytest.raises(AutodiffError, match="the explicit pass: JAX autodiff"):
         with no_autodiff("the explicit pass"):
