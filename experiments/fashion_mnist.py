@@ -2,8 +2,8 @@
 
 ``--model mlp`` (default): 784-256-128-10 with ReLU, 15 epochs, batch 128, SGD momentum 0.9,
 learning rate 0.05 on a cosine, gradient clipped to global norm 5. ``--model cnn``: two
-convolution blocks with batch norm, max pooling and dropout (see ``experiments.common.cnn``; 20 epochs, learning rate 0.1).
-``--help`` lists the flags.
+convolution blocks with batch norm and max pooling, then dropout before the output layer (see
+``experiments.common.cnn``); 20 epochs, learning rate 0.1. ``--help`` lists the flags.
 """
 
 import sys
