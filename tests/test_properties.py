@@ -81,6 +81,6 @@ def test_random_networks_explicit_equals_jax_grad(net, batch, d_in, seed):
     assert_trees_close(ge, gr, rtol=1e-9, atol=1e-12)
     assert_trees_close(gm, gr, rtol=1e-9, atol=1e-12)
     # every model the library can build prints its trace, one line per layer
-    _, _, trace = backprop.value_and_grad(model, loss, trace=True)(as_float64(params), x, target)
+    _, _, trace = jax.jit(backprop.value_and_grad(model, loss, trace=True))(as_float64(params), x, target)
     assert len(str(trace).splitlines()) == len(trace)
     assert ("sum of 2 branches" in str(trace)) == is_fanout
