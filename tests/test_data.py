@@ -105,7 +105,9 @@ def test_without_a_data_dir_mnist_comes_from_the_tfds_catalog(tmp_path, monkeypa
     assert ds.x_train.shape == (4, 28, 28, 1) and list(ds.y_test) == [3, 3]
 
 
-def test_catalog_needing_tensorflow_falls_back_to_downloading_the_idx_files(tmp_path, monkeypatch):
+def load_without_tensorflow(monkeypatch, name, cache_dir):
+    """``data.load(name)`` where preparing the catalog's dataset needs TensorFlow: the folder
+    builder it fell back to (preparing it is faked) and the dataset."""
     monkeypatch.delenv(source.DATA_DIR_ENV, raising=False)
 
     def data_source(name, **kwargs):
@@ -119,8 +121,14 @@ def test_catalog_needing_tensorflow_falls_back_to_downloading_the_idx_files(tmp_
 
     monkeypatch.setattr(mnist.tfds, "data_source", data_source)
     monkeypatch.setattr(mnist, "prepare", prepare)
-    ds = data.load("mnist", cache_dir=tmp_path)
-    assert isinstance(builders[0], mnist.MnistIdx) and builders[0].source_dir is None
+    ds = data.load(name, cache_dir=cache_dir)
+    (builder,) = builders
+    return builder, ds
+
+
+def test_catalog_needing_tensorflow_falls_back_to_downloading_the_idx_files(tmp_path, monkeypatch):
+    builder, ds = load_without_tensorflow(monkeypatch, "mnist", tmp_path)
+    assert isinstance(builder, mnist.MnistIdx) and builder.source_dir is None
     assert ds.info["source"] == mnist.URL
 
 
@@ -281,21 +289,7 @@ def test_without_a_data_dir_fashion_mnist_comes_from_the_tfds_catalog(tmp_path, 
 
 
 def test_fashion_catalog_needing_tensorflow_falls_back_to_downloading_the_idx_files(tmp_path, monkeypatch):
-    monkeypatch.delenv(source.DATA_DIR_ENV, raising=False)
-
-    def data_source(name, **kwargs):
-        raise ModuleNotFoundError("No module named 'tensorflow'")
-
-    builders = []
-
-    def prepare(builder):
-        builders.append(builder)
-        return fake_mnist_sources()
-
-    monkeypatch.setattr(mnist.tfds, "data_source", data_source)
-    monkeypatch.setattr(mnist, "prepare", prepare)
-    ds = data.load("fashion_mnist", cache_dir=tmp_path / "cache")
-    (builder,) = builders
+    builder, ds = load_without_tensorflow(monkeypatch, "fashion_mnist", tmp_path / "cache")
     assert isinstance(builder, fashion_mnist.FashionMnistIdx) and builder.source_dir is None
     assert ds.info["source"] == fashion_mnist.URL == "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
     # the builder asks TFDS's download manager for the four files at the catalog's URL
