@@ -51,7 +51,7 @@ def explicit_and_reference(layer, params, state, x, train_mode):
 
 
 # evaluation differs from training only for these (the others ignore the switch): checked in both
-MODE_DEPENDENT = {"BatchNorm", "BatchNorm-dense", "Dropout", "serial-cnn", "fanout-heads"}
+MODE_DEPENDENT = {"BatchNorm", "BatchNorm-dense", "Dropout", "RandomFlip", "RandomShift", "serial-cnn", "fanout-heads"}
 CASES = [(n, True) for n in NAMES] + [(n, False) for n in NAMES if n in MODE_DEPENDENT]
 
 
@@ -117,6 +117,41 @@ def test_containers_give_each_child_its_own_key():
     first = jax.random.bernoulli(jax.random.fold_in(jax.random.key(3), 0), 0.5, (1, 2000))
     second = jax.random.bernoulli(jax.random.fold_in(jax.random.key(3), 1), 0.5, (1, 2000))
     np.testing.assert_array_equal(y, jnp.where(first & second, 4.0, 0.0))
+
+
+# -- augmentation -----------------------------------------------------------------------------
+def test_random_flip_mirrors_the_examples_its_key_picks():
+    x = jax.random.normal(jax.random.key(0), (64, 3, 5, 2), jnp.float32)
+    y = nn.RandomFlip().apply((), x, key=jax.random.key(4), train=True)
+    flip = np.asarray(jax.random.bernoulli(jax.random.key(4), 0.5, (64, 1, 1, 1)))[:, 0, 0, 0]
+    assert 10 < flip.sum() < 54  # both outcomes occur
+    np.testing.assert_array_equal(y[flip], np.asarray(x)[flip][:, :, ::-1])
+    np.testing.assert_array_equal(y[~flip], np.asarray(x)[~flip])
+    np.testing.assert_array_equal(nn.RandomFlip().apply((), x), x)  # evaluation: the identity
+    np.testing.assert_array_equal(nn.RandomFlip(0.0).apply((), x, train=True), x)  # off: no key needed
+
+
+def test_random_shift_translates_each_image_with_zero_fill():
+    pad, x = 2, np.arange(1.0, 1 + 40 * 6 * 7).reshape(40, 6, 7, 1).astype(np.float32)
+    y = np.asarray(nn.RandomShift(pad).apply((), jnp.asarray(x), key=jax.random.key(5), train=True))
+    offsets = np.asarray(jax.random.randint(jax.random.key(5), (40, 2), 0, 2 * pad + 1))
+    assert len({tuple(o) for o in offsets}) > 10  # many different shifts
+    for n, (oy, ox) in enumerate(offsets):
+        want = np.zeros((6 + 2 * pad, 7 + 2 * pad, 1), np.float32)
+        want[pad : pad + 6, pad : pad + 7] = x[n]
+        np.testing.assert_array_equal(y[n], want[oy : oy + 6, ox : ox + 7])  # written out in NumPy
+    np.testing.assert_array_equal(nn.RandomShift(pad).apply((), jnp.asarray(x)), x)
+
+
+def test_augmentation_needs_a_key_and_images():
+    with pytest.raises(ValueError, match=r"manualgrad.nn.RandomFlip\(0.5\).*needs a key: pass key="):
+        nn.RandomFlip().apply((), jnp.ones((2, 3, 3, 1)), train=True)
+    with pytest.raises(ValueError, match=r"RandomShift\(1\).*shape \(2, 9\).*NHWC"):
+        nn.RandomShift(1).apply((), jnp.ones((2, 9)), key=KEY, train=True)
+    with pytest.raises(ValueError, match="pad must be an integer >= 0, got -1"):
+        nn.RandomShift(-1)
+    with pytest.raises(ValueError, match=r"p must be a probability in \[0, 1\], got 2"):
+        nn.RandomFlip(2)
 
 
 # -- batch norm -------------------------------------------------------------------------------

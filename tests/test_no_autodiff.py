@@ -64,7 +64,8 @@ def test_an_op_whose_backward_is_autodiff_fails_its_checks():
 def every_layer_model():
     """A model holding every layer of manualgrad.nn, and a loss holding every loss."""
     trunk = nn.serial(
-        nn.Conv2D(3, 3, padding="SAME"), nn.BatchNorm(), nn.MaxPool2D(2), nn.AvgPool2D(1), nn.LayerNorm(),
+        nn.RandomFlip(), nn.RandomShift(1), nn.Conv2D(3, 3, padding="SAME"), nn.BatchNorm(), nn.MaxPool2D(2),
+        nn.AvgPool2D(1), nn.LayerNorm(),
         nn.Dropout(0.3), nn.Flatten(), nn.Linear(6), nn.ReLU(), nn.Linear(6, init="glorot"), nn.LeakyReLU(0.1), nn.ScaledReLU(2.0),
         nn.Sigmoid(), nn.Tanh(), nn.Softplus(), nn.GELU(), nn.GELU(approximate=True), nn.Square(), nn.Identity(),
         nn.from_op(REGISTRY["manualgrad.ops.tanh"].op, "FromOp"),

@@ -8,6 +8,7 @@ batch norm or dropout. Params are pytrees: ``Linear`` has ``{"w": (d_in, d_out),
 ``()``, ``serial`` and ``fanout`` a tuple with one entry per child; state has the same layout.
 """
 
+from manualgrad.nn.augment import RandomFlip, RandomShift
 from manualgrad.nn.dense import (
     GELU,
     Flatten,
@@ -53,6 +54,8 @@ __all__ = [
     "BatchNorm",
     "LayerNorm",
     "Dropout",
+    "RandomFlip",
+    "RandomShift",
     "serial",
     "fanout",
     "LAYERS",

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from manualgrad import trace
 
-__all__ = ["Layer", "primitive", "stateless", "serial", "fanout", "child_key", "init_state"]
+__all__ = ["Layer", "primitive", "stateless", "serial", "fanout", "child_key", "init_state", "training_key"]
 
 
 class Layer(NamedTuple):
@@ -61,6 +61,17 @@ def _blame(name: str) -> Iterator[None]:
 def child_key(key: jax.Array | None, i: int) -> jax.Array | None:
     """The key of a container's ``i``-th child: ``fold_in(key, i)`` (None stays None)."""
     return None if key is None else jax.random.fold_in(key, i)
+
+
+def training_key(name: str, key: jax.Array | None, train: bool, what: str) -> bool:
+    """Whether a random layer ``name`` is active (``train``); training without a key is an
+    error that says how to pass one. ``what`` says what the layer draws."""
+    if train and key is None:
+        raise ValueError(
+            f"training mode (train=True) {what} and needs a key: pass key=jax.random.key(seed) "
+            "to apply/fwd (fit and make_epoch pass one per step), or train=False for evaluation"
+        )
+    return train
 
 
 def _output_shape(init: Callable, input_shape: tuple) -> tuple:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from manualgrad.nn import dense, vision
+from manualgrad.nn import augment, dense, vision
 from manualgrad.nn.layer import Layer, fanout, serial
 
 __all__ = ["LayerExample", "LAYERS"]
@@ -47,6 +47,8 @@ LAYERS: dict[str, LayerExample] = {
     "BatchNorm-dense": LayerExample(lambda: vision.BatchNorm(momentum=0.3), (5, 3)),
     "LayerNorm": LayerExample(vision.LayerNorm, (2, 3, 4)),
     "Dropout": LayerExample(lambda: vision.Dropout(0.4), (3, 5)),
+    "RandomFlip": LayerExample(augment.RandomFlip, (6, 3, 4, 2)),
+    "RandomShift": LayerExample(lambda: augment.RandomShift(2), (5, 4, 6, 2)),
     "serial-cnn": LayerExample(
         lambda: serial(
             vision.Conv2D(3, 3, padding=1), vision.BatchNorm(), dense.ReLU(), vision.MaxPool2D(2),

@@ -16,7 +16,7 @@ import numpy as np
 
 from manualgrad import ops
 from manualgrad.nn.dense import from_op
-from manualgrad.nn.layer import Layer, primitive, stateless
+from manualgrad.nn.layer import Layer, primitive, stateless, training_key
 
 __all__ = ["Conv2D", "MaxPool2D", "AvgPool2D", "BatchNorm", "LayerNorm", "Dropout"]
 
@@ -196,13 +196,7 @@ def Dropout(rate: float) -> Layer:
         raise ValueError(f"manualgrad.nn.{name}: rate must be in [0, 1), got {rate!r}")
 
     def active(key, train):
-        if train and rate > 0 and key is None:
-            raise ValueError(
-                "training mode (train=True) draws a dropout mask and needs a key: pass "
-                "key=jax.random.key(seed) to apply/fwd (fit and make_epoch pass one per step), "
-                "or train=False for evaluation"
-            )
-        return train and rate > 0
+        return rate > 0 and training_key(name, key, train, "draws a dropout mask")
 
     def call(params, state, x, key, train):
         return (ops.dropout(x, key, rate=rate) if active(key, train) else x), state
