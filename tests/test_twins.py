@@ -51,7 +51,7 @@ JAX_TWINS = {
     "manualgrad.losses.binary_cross_entropy_with_logits": lambda z, t: jnp.mean(optax.sigmoid_binary_cross_entropy(z, t)),
     "multitask(manualgrad.losses.sse, manualgrad.losses.softmax_cross_entropy)":
         lambda p, t: jnp.sum(optax.squared_error(p[0], t[0])) + _ce(p[1], t[1]),
-    "manualgrad.ops.conv2d": lambda *a, **k: _conv_by_patches(*a, **k),
+    "manualgrad.ops.conv2d": lambda *a, impl="auto", **k: _conv_by_patches(*a, **k),  # every impl, one twin
     "manualgrad.ops.max_pool2d": lambda x, **k: _pool_by_slices(x, jnp.max, -jnp.inf, **k),
     "manualgrad.ops.avg_pool2d": lambda x, **k: _pool_by_slices(x, jnp.mean, 0.0, **k),
     "manualgrad.ops.batch_norm": lambda x, gamma, beta, eps=1e-5:
@@ -277,8 +277,8 @@ def _dropout_scale(key, rate, shape):
     return (jax.random.uniform(key, shape) < 1 - rate) / (1 - rate)
 
 
-def torch_conv2d(x, w, b, stride=1, padding="VALID", dilation=1, groups=1):
-    """PyTorch's conv2d on NCHW with its (C_out, C_in // groups, KH, KW) weight; padding made explicit."""
+def torch_conv2d(x, w, b, stride=1, padding="VALID", dilation=1, groups=1, impl="auto"):
+    """PyTorch's conv2d on NCHW with its (C_out, C_in // groups, KH, KW) weight; padding made explicit (any impl)."""
     import torch.nn.functional as F
 
     kh, kw = w.shape[:2]

@@ -65,6 +65,8 @@ BAD = [
      r"ops.conv2d: groups=2 does not divide w's 3 output channels \(w.shape=\(3, 3, 2, 3\)"),
     (ops.conv2d, (z(1, 4, 4, 3), z(3, 3, 3, 4), z(5)), {},
      r"ops.conv2d: b.shape=\(5,\) does not match w.shape=\(3, 3, 3, 4\): b needs shape \(C_out,\)=\(4,\)"),
+    (ops.conv2d, (z(1, 4, 4, 3), z(3, 3, 3, 4), z(4)), {"impl": "cudnn"},
+     r"ops.conv2d: impl='cudnn' must be one of \('auto', 'gemm', 'xla'\)"),
     (ops.max_pool2d, (z(4, 4, 3),), {"window": 2}, r"ops.max_pool2d: x.shape=\(4, 4, 3\) float.*x must be NHWC"),
     (ops.max_pool2d, (z(1, 4, 4, 3),), {"window": 0}, r"ops.max_pool2d: window=0 must be a positive int"),
     (ops.avg_pool2d, (z(1, 4, 4, 3),), {"window": 2, "stride": (0, 1)}, r"ops.avg_pool2d: stride=\(0, 1\) must"),
@@ -147,6 +149,26 @@ def test_dropout_keeps_the_expectation(rate):
     assert abs(kept - (1 - rate)) < 5 * sd
     assert abs(float(jnp.mean(y)) - 2.0) < 5 * 2.0 * sd / (1 - rate)
     np.testing.assert_allclose(np.unique(np.asarray(y)), [0.0, 2.0 / (1 - rate)], rtol=1e-12)
+
+
+# -- conv2d's formulations ---------------------------------------------------------
+def test_conv2d_auto_picks_the_gemm_formulation_on_cpu_for_few_channels_and_xla_convolutions_elsewhere():
+    """``impl="auto"`` lowers to no convolution on CPU when there are at most 4 input channels per
+    group (each formulation's values are checked by the op registry, which runs every example in
+    both); with more channels, on GPUs and with ``"xla"`` it keeps XLA's convolutions."""
+
+    def program(impl, platform, c_in=1):
+        x, w, b = jnp.ones((2, 6, 6, c_in)), jnp.ones((3, 3, c_in, 4)), jnp.zeros(4)
+
+        def step(x, w, b):
+            return jax.grad(lambda x, w: ops.conv2d(x, w, b, padding="SAME", impl=impl).sum(), argnums=(0, 1))(x, w)
+
+        return jax.jit(step).trace(x, w, b).lower(lowering_platforms=(platform,)).as_text()
+
+    assert "convolution" not in program("auto", "cpu") and "convolution" not in program("auto", "cpu", c_in=4)
+    assert "convolution" not in program("gemm", "cuda") and "convolution" not in program("gemm", "cpu", c_in=8)
+    assert "convolution" in program("auto", "cuda") and "convolution" in program("xla", "cpu")
+    assert "convolution" in program("auto", "cpu", c_in=5)
 
 
 # -- conv2d against PyTorch with PyTorch's weight layout ---------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -10,6 +11,7 @@ import numpy as np
 from jax import lax
 
 from manualgrad.core import Example, defop, describe, fail, same_dtype
+from manualgrad.ops import windows
 
 _WHERE = "manualgrad.ops.conv2d"
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -77,8 +79,10 @@ def _geometry(x_shape: tuple, w_shape: tuple, stride: Any, padding: Padding, dil
 
 def _check_conv2d(
     x: jax.Array, w: jax.Array, b: jax.Array, stride: Any = 1, padding: Padding = "VALID", dilation: Any = 1,
-    groups: int = 1,
+    groups: int = 1, impl: str = "auto",
 ) -> None:
+    if impl not in IMPLS:
+        fail(_WHERE, f"impl={impl!r} must be one of {IMPLS}")
     if jnp.ndim(w) != 4:
         fail(_WHERE, f"{describe('w', w)}: w must be HWIO, shape (KH, KW, C_in // groups, C_out)")
     if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
@@ -119,8 +123,9 @@ def _conv2d_examples(rng: np.random.Generator) -> list[Example]:
         args = (rng.normal(size=x_shape), rng.normal(size=w_shape), rng.normal(size=c_out))
         return Example(args, dict(params, groups=groups) if groups > 1 else params)
 
-    # each example combines several edge cases: together they cover every branch of the backward
-    return [
+    # each example combines several edge cases: together they cover every branch of the backward;
+    # the default impl ("auto": gemm on CPU, xla on GPU) and then the other formulation
+    examples = [
         # stride > kernel, asymmetric padding; the last 2 padded rows and columns are never read
         case((2, 6, 5, 3), (2, 2), 4, stride=3, padding=((1, 0), (0, 2))),
         # padding larger than the kernel (x_bar's pads go negative), dilation 2, a batch of one
@@ -129,12 +134,14 @@ def _conv2d_examples(rng: np.random.Generator) -> list[Example]:
         case((2, 5, 6, 4), (3, 3), 2, groups=2, stride=2, padding="SAME"),  # SAME with stride 2, groups 2
         case((2, 3, 3, 2), (2, 3), 4, dilation=(2, 1)),  # the dilated kernel covers the whole image
     ]
+    on_cpu = jax.default_backend() == "cpu"
+    return examples + [Example(e.args, dict(e.params, impl="xla" if on_cpu else "gemm")) for e in examples]
 
 
-@defop(static=("stride", "padding", "dilation", "groups"), check=_check_conv2d, examples=_conv2d_examples)
+@defop(static=("stride", "padding", "dilation", "groups", "impl"), check=_check_conv2d, examples=_conv2d_examples)
 def conv2d(
     x: jax.Array, w: jax.Array, b: jax.Array, stride: Any = 1, padding: Padding = "VALID", dilation: Any = 1,
-    groups: int = 1,
+    groups: int = 1, impl: str = "auto",
 ) -> jax.Array:
     r"""2-D cross-correlation plus bias; ``x`` NHWC (N, H, W, C_in), ``w`` HWIO (KH, KW, C_in // groups,
     C_out), ``b`` (C_out,). ``stride`` and ``dilation`` are an int or a pair (rows, columns); ``padding``
@@ -171,32 +178,44 @@ def conv2d(
       channels only meets its own ``Cg`` input channels: ``batch_group_count = groups`` splits ``C_in``
       (the batch of this correlation) into the same blocks as ``C_out``.
 
+    Two formulations compute the forward and these cotangents (``impl``; the reference is always
+    ``lax.conv_general_dilated``). ``"xla"``: the two convolutions just described, which GPUs run
+    with cuDNN. ``"gemm"``: with ``take(xp, (p d, q d))`` the ``(N, Ho, Wo, C_in)`` slice holding
+    every window's element at kernel offset ``(p, q)`` (:mod:`manualgrad.ops.windows`),
+
+    * ``y = sum_{p, q} take(xp, (p d, q d)) @ w[p, q]``: one GEMM per offset, an elementwise
+      multiply-add when ``C_in`` is 1;
+    * ``xp_bar = sum_{p, q} put(g @ w[p, q]^T, (p d, q d))`` (col2im: each offset's product sent back
+      to the positions it read), cropped to ``x_bar``;
+    * ``w_bar[p, q] = take(xp, (p d, q d))^T @ g`` for all offsets at once: one GEMM of the stacked
+      slices (im2col, ``KH KW C_in`` rows) with ``g``, batch and space folded into the contraction.
+
+    With groups each product runs per group (an einsum with the group as a batch axis).
+
+    ``"auto"`` (the default) takes gemm on CPU when each group has at most ``FEW_CHANNELS`` (4)
+    input channels, chosen per backend with ``lax.platform_dependent``, and xla otherwise. Measured
+    on the 2-core CPU (BENCHMARKS.md, per-layer rows): for the MNIST CNN's first convolution (one
+    input channel) XLA's convolutions run at 12-18 GFLOP/s, the gemm forward is an elementwise
+    multiply-add about 8x faster and the im2col weight gradient about 3x; with 32 input channels
+    XLA's convolutions are as fast as the GEMMs here and need no ``KH KW``-fold temporaries (the
+    im2col copy and the per-offset products: 30-60 MB at batch 128), so they stay. GPUs keep XLA's
+    convolutions (cuDNN).
+
     Residuals: ``x`` and ``w``.
     """
     geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
-    y = lax.conv_general_dilated(
+    return _xla_forward(x, w, geo, groups) + b
+
+
+def _xla_forward(x: jax.Array, w: jax.Array, geo: _Geometry, groups: int) -> jax.Array:
+    return lax.conv_general_dilated(
         x, w, geo.strides, geo.pads, rhs_dilation=geo.dilation, dimension_numbers=_NHWC, feature_group_count=groups
     )
-    return y + b
 
 
-def conv2d_fwd(
-    x: jax.Array, w: jax.Array, b: jax.Array, stride: Any = 1, padding: Padding = "VALID", dilation: Any = 1,
-    groups: int = 1,
-) -> tuple[jax.Array, tuple]:
-    geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
-    y = lax.conv_general_dilated(
-        x, w, geo.strides, geo.pads, rhs_dilation=geo.dilation, dimension_numbers=_NHWC, feature_group_count=groups
-    )
-    return y + b, (x, w)
-
-
-def conv2d_bwd(
-    res: tuple, g: jax.Array, stride: Any = 1, padding: Padding = "VALID", dilation: Any = 1, groups: int = 1
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    x, w = res
+def _xla_backward(x: jax.Array, w: jax.Array, g: jax.Array, geo: _Geometry, groups: int) -> tuple[jax.Array, jax.Array]:
+    """``(x_bar, w_bar)`` as two convolutions (the docstring's derivation)."""
     kh, kw, c_group, c_out = np.shape(w)
-    geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
     # x_bar: g dilated by the stride, against the flipped kernel with in/out exchanged per group
     w_t = jnp.flip(w, (0, 1)).reshape(kh, kw, c_group, groups, c_out // groups)
     w_t = w_t.transpose(0, 1, 4, 3, 2).reshape(kh, kw, c_out // groups, groups * c_group)
@@ -211,6 +230,98 @@ def conv2d_bwd(
         x, g, geo.dilation, w_pads, rhs_dilation=geo.strides,
         dimension_numbers=("CHWN", "IHWO", "HWNC"), batch_group_count=groups,
     )
+    return x_bar, w_bar
+
+
+def _taps(geo: _Geometry, w_shape: tuple) -> list[tuple[int, int, tuple[int, int]]]:
+    """The kernel's offsets ``(p, q)`` with the padded input row and column each one reads first."""
+    (kh, kw), (dh, dw) = w_shape[:2], geo.dilation
+    return [(p, q, (p * dh, q * dw)) for p in range(kh) for q in range(kw)]
+
+
+def _padded(x: jax.Array, geo: _Geometry) -> jax.Array:
+    (t, b_), (l, r) = geo.pads
+    return jnp.pad(x, ((0, 0), (t, b_), (l, r), (0, 0)))
+
+
+def _grouped(a: jax.Array, groups: int) -> jax.Array:
+    """``(..., C)`` as ``(..., groups, C // groups)``: channel block ``k`` belongs to group ``k``."""
+    return a.reshape(*a.shape[:-1], groups, a.shape[-1] // groups)
+
+
+def _gemm_forward(x: jax.Array, w: jax.Array, geo: _Geometry, groups: int) -> jax.Array:
+    """``y = sum_{p, q} take(xp, (p d, q d)) @ w[p, q]``: one GEMM per kernel offset (an elementwise
+    multiply-add when ``C_in`` is 1), each over every window at once."""
+    n, c_out = x.shape[0], w.shape[3]
+    xp, out = _padded(x, geo), _out_size(x.shape, geo)
+    y = sum(
+        jnp.einsum("nhwgc,cgo->nhwgo", _grouped(windows.take(xp, start, geo.strides, out), groups),
+                   _grouped(w[p, q], groups))
+        for p, q, start in _taps(geo, w.shape)
+    )
+    return y.reshape(n, *out, c_out)
+
+
+def _gemm_backward(x: jax.Array, w: jax.Array, g: jax.Array, geo: _Geometry, groups: int) -> tuple[jax.Array, jax.Array]:
+    """``x_bar`` as a sum over kernel offsets of ``put(g @ w[p, q]^T)`` (col2im), ``w_bar`` as one GEMM
+    of the stacked offsets' windows (im2col) with ``g``, batch and space contracted."""
+    kh, kw, c_group, c_out = w.shape
+    (t, _), (l, _) = geo.pads
+    xp, out, gg = _padded(x, geo), g.shape[1:3], _grouped(g, groups)
+    taps = _taps(geo, w.shape)
+    xp_bar = sum(
+        windows.put(
+            jnp.einsum("nhwgo,cgo->nhwgc", gg, _grouped(w[p, q], groups)).reshape(*g.shape[:3], -1),
+            start, geo.strides, xp.shape[1:3],
+        )
+        for p, q, start in taps
+    )
+    x_bar = xp_bar[:, t : t + x.shape[1], l : l + x.shape[2], :]
+    cols = jnp.stack([_grouped(windows.take(xp, start, geo.strides, out), groups) for _, _, start in taps], axis=3)
+    w_bar = jnp.einsum("nhwkgc,nhwgo->kcgo", cols, gg).reshape(kh, kw, c_group, c_out)
+    return x_bar, w_bar
+
+
+def _out_size(x_shape: tuple, geo: _Geometry) -> tuple[int, int]:
+    return tuple(
+        (n + lo + hi - e) // s + 1 for n, (lo, hi), e, s in zip(x_shape[1:3], geo.pads, geo.extent, geo.strides)
+    )
+
+
+#: the formulations of :func:`conv2d`'s forward and backward (``impl``)
+IMPLS = ("auto", "gemm", "xla")
+#: ``"auto"`` takes the gemm formulation on CPU up to this many input channels per group
+FEW_CHANNELS = 4
+
+
+def _by_impl(impl: str, w_shape: tuple, args: tuple, gemm, xla):
+    """``gemm(*args)`` or ``xla(*args)``. ``"auto"``: gemm on CPU for few input channels per group
+    (``w_shape[2] <= FEW_CHANNELS``), chosen per backend with ``lax.platform_dependent``; else xla."""
+    if impl == "gemm":
+        return gemm(*args)
+    if impl == "xla" or w_shape[2] > FEW_CHANNELS:
+        return xla(*args)
+    return lax.platform_dependent(*args, cpu=gemm, default=xla)
+
+
+def conv2d_fwd(
+    x: jax.Array, w: jax.Array, b: jax.Array, stride: Any = 1, padding: Padding = "VALID", dilation: Any = 1,
+    groups: int = 1, impl: str = "auto",
+) -> tuple[jax.Array, tuple]:
+    geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
+    gemm, xla = (functools.partial(f, geo=geo, groups=groups) for f in (_gemm_forward, _xla_forward))
+    y = _by_impl(impl, np.shape(w), (x, w), gemm, xla)
+    return y + b, (x, w)
+
+
+def conv2d_bwd(
+    res: tuple, g: jax.Array, stride: Any = 1, padding: Padding = "VALID", dilation: Any = 1, groups: int = 1,
+    impl: str = "auto",
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    x, w = res
+    geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
+    gemm, xla = (functools.partial(f, geo=geo, groups=groups) for f in (_gemm_backward, _xla_backward))
+    x_bar, w_bar = _by_impl(impl, np.shape(w), (x, w, g), gemm, xla)
     return x_bar, w_bar, jnp.sum(g, axis=(0, 1, 2))
 
 

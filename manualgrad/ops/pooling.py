@@ -2,9 +2,10 @@
 
 Both backward rules walk the ``KH * KW`` offsets of the window (a static Python loop): for
 offset ``(p, q)`` the strided slice ``xp[:, p :: sh, q :: sw]`` of the padded input holds, for
-every window, the element at that offset; its cotangent contribution goes back to exactly those
-positions with ``lax.pad`` (``sh - 1`` zeros between rows, ``sw - 1`` between columns), and the
-padding is cropped at the end. The backward rules are jitted: called eagerly, their loop would
+every window, the element at that offset (:func:`manualgrad.ops.windows.take`); its cotangent
+contribution goes back to exactly those positions with ``lax.pad`` (``sh - 1`` zeros between
+rows, ``sw - 1`` between columns: :func:`~manualgrad.ops.windows.put`), and the padding is
+cropped at the end. The backward rules are jitted: called eagerly, their loop would
 otherwise dispatch (and compile, per shape) a few dozen tiny primitives; inside an outer ``jit``
 they are traced into it like any other function.
 """
@@ -20,6 +21,7 @@ import numpy as np
 from jax import lax
 
 from manualgrad.core import Example, defop, describe, fail
+from manualgrad.ops import windows
 from manualgrad.ops.conv import _int_pair
 
 
@@ -52,15 +54,11 @@ class _Window:
 
     def take(self, xp: jax.Array, offset: tuple[int, int]) -> jax.Array:
         """For every window, its element at ``offset``: a strided slice of the padded input."""
-        (a, c), (sh, sw), (ho, wo) = offset, self.strides, self.out
-        return xp[:, a : a + (ho - 1) * sh + 1 : sh, c : c + (wo - 1) * sw + 1 : sw, :]
+        return windows.take(xp, offset, self.strides, self.out)
 
     def put(self, v: jax.Array, offset: tuple[int, int]) -> jax.Array:
         """The transpose of :meth:`take`: ``v`` at the strided positions of a zero padded input."""
-        (a, c), (sh, sw), (ho, wo), (hp, wp) = offset, self.strides, self.out, self.padded
-        rows = (a, hp - a - (ho - 1) * sh - 1, sh - 1)
-        cols = (c, wp - c - (wo - 1) * sw - 1, sw - 1)
-        return lax.pad(v, jnp.zeros((), v.dtype), ((0, 0, 0), rows, cols, (0, 0, 0)))
+        return windows.put(v, offset, self.strides, self.padded)
 
     def crop(self, xp_bar: jax.Array) -> jax.Array:
         p, (hp, wp) = self.padding, self.padded
