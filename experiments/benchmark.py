@@ -38,7 +38,7 @@ import numpy as np
 from jax import lax
 
 from experiments import common
-from manualgrad import train
+from manualgrad import malloc, train
 
 IMPLS = ("manual", "explicit", "reference", "torch", "gemms_only")
 PEAK_SIZE = 2048
@@ -271,6 +271,70 @@ def step_rows(config: Config, rounds: int, block_seconds: float, with_torch: boo
     ]
 
 
+#: the CNN's convolution and pooling layers, one row each in the per-layer table: (name, input
+#: shape without the batch, output channels or None for a pool, whether its input gradient is needed)
+CNN_LAYERS = (
+    ("conv1 3x3 1->32 28x28", (28, 28, 1), 32, False),
+    ("pool1 2x2 28x28x32", (28, 28, 32), None, True),
+    ("conv2 3x3 32->64 14x14", (14, 14, 32), 64, True),
+    ("pool2 2x2 14x14x64", (14, 14, 64), None, True),
+)
+LAYER_IMPLS = ("manual", "xla", "reference")
+
+
+def layer_function(shape: tuple, c_out: int | None, needs_x_bar: bool, impl: str) -> Callable:
+    """``f(x, w, b, g)``: one layer's forward and backward (the cotangents the train step needs).
+
+    ``manual``: the op with its default formulation (gemm on CPU); ``xla``: the op's hand-written
+    backward as XLA convolutions (``impl="xla"``; the same as manual for a pool); ``reference``:
+    ``jax.vjp`` of the plain lax forward (``lax.conv_general_dilated``, ``lax.reduce_window``).
+    """
+    from manualgrad import ops, reference_mode
+
+    if c_out is None:
+        def forward(x, w, b):
+            return ops.max_pool2d(x, 2)
+    else:
+        conv_impl = "xla" if impl == "xla" else "auto"
+
+        def forward(x, w, b):
+            return ops.conv2d(x, w, b, padding="SAME", impl=conv_impl)
+
+    def f(x, w, b, g):
+        wrt = (0, 1, 2) if needs_x_bar else (1, 2)
+        with reference_mode(impl == "reference"):
+            _, pullback = jax.vjp(lambda *a: forward(*(a if needs_x_bar else (x, *a))), *((x, w, b)[i] for i in wrt))
+            return pullback(g)
+
+    return f
+
+
+def layer_rows(batch: int, rounds: int, block_seconds: float) -> list[dict]:
+    """Forward + backward of each of the CNN's convolutions and poolings, per implementation."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, shape, c_out, needs_x_bar in CNN_LAYERS:
+        x = jax.device_put(rng.standard_normal((batch, *shape), dtype=np.float32))
+        c_in = shape[-1]
+        w = jax.device_put(rng.standard_normal((3, 3, c_in, c_out or 1), dtype=np.float32))
+        b = jax.device_put(np.zeros(c_out or 1, np.float32))
+        out = (batch, *shape[:2], c_out) if c_out else (batch, shape[0] // 2, shape[1] // 2, c_in)
+        g = jax.device_put(rng.standard_normal(out, dtype=np.float32))
+        runners, temps = {}, {}
+        for impl in LAYER_IMPLS:
+            if c_out is None and impl == "xla":
+                continue
+            compiled = jax.jit(layer_function(shape, c_out, needs_x_bar, impl)).lower(x, w, b, g).compile()
+            runners[impl], temps[impl] = repeat_call(compiled, x, w, b, g), temp_bytes(compiled)
+        seconds = time_interleaved(runners, rounds, block_seconds)
+        # products: the forward, w_bar, and x_bar where it is needed
+        flops = 2 * batch * shape[0] * shape[1] * 9 * c_in * c_out * (3 if needs_x_bar else 2) if c_out else None
+        rows += [{"model": f"cnn/{name}", "batch": batch, "impl": impl, "step_ms": seconds[impl] * 1e3,
+                  "gflops": None if flops is None else flops / seconds[impl] / 1e9, "temp_bytes": temps[impl]}
+                 for impl in runners]
+    return rows
+
+
 def epoch_rows(batch: int, repeats: int, examples: int = EPOCH_EXAMPLES) -> list[dict]:
     """One MNIST-shaped epoch: scanned (manual and reference gradients) and a Python loop over the step.
 
@@ -345,7 +409,7 @@ def device_description() -> str:
 def benchmark(configs: Sequence[Config] = CONFIGS, *, rounds: int = 9, block_seconds: float = 0.2,
               epoch_batches: Sequence[int] = EPOCH_BATCHES, epoch_repeats: int = 5,
               epoch_examples: int = EPOCH_EXAMPLES, with_torch: bool = True,
-              progress: Callable[[str], None] = lambda s: None) -> dict:
+              progress: Callable[[str], None] = lambda s: None, reuse_memory: bool = False) -> dict:
     """Run every measurement; return the ``benchmark.json`` document."""
     progress(f"large GEMM ({PEAK_SIZE}^3 float32)")
     peak = peak_gflops(rounds, block_seconds)
@@ -353,13 +417,17 @@ def benchmark(configs: Sequence[Config] = CONFIGS, *, rounds: int = 9, block_sec
     for config in configs:
         progress(f"train step {config.model} batch {config.batch}")
         rows += step_rows(config, rounds, block_seconds, with_torch)
+    layers = []
+    for batch in sorted({c.batch for c in configs if c.is_cnn}):
+        progress(f"CNN layers batch {batch}")
+        layers += layer_rows(batch, rounds, block_seconds)
     epochs = []
     for batch in epoch_batches:
         progress(f"epoch {common.MNIST.architecture} batch {batch}")
         epochs += epoch_rows(batch, epoch_repeats, epoch_examples)
     for row in epochs:
         row["fraction_of_peak"] = row["gflops"] / peak
-    versions = {"jax": jax.__version__, "python": platform.python_version()}
+    versions = {"jax": jax.__version__, "python": platform.python_version(), "reuse_freed_memory": reuse_memory}
     try:
         import torch
 
@@ -373,6 +441,7 @@ def benchmark(configs: Sequence[Config] = CONFIGS, *, rounds: int = 9, block_sec
         "device": device_description(),
         "gemm_peak_gflops": peak,
         "rows": rows,
+        "layers": layers,
         "epochs": epochs,
         "versions": versions,
         "settings": {"rounds": rounds, "block_seconds": block_seconds, "epoch_repeats": epoch_repeats,
@@ -454,6 +523,23 @@ def markdown(result: dict, command: str) -> str:
             f"| {row['model']} | {row['batch']} | {row['impl']} | {row['step_ms']:.3f} | {row['gflops']:.1f} "
             f"| {100 * row['gflops'] / peak:.0f}% | {ratio:.2f} | {temp} |"
         )
+    if result.get("layers"):
+        lines += [
+            "",
+            "The CNN's layers, forward + backward (the cotangents the train step needs: no input gradient for",
+            "conv1). manual: the op as training runs it (on CPU the gemm formulation); xla: the same hand-written",
+            "rules as XLA convolutions (`impl=\"xla\"`, what GPUs run); reference: `jax.vjp` of the plain lax forward.",
+            "",
+            "| layer | batch | impl | ms | GFLOP/s | ratio to reference | XLA temp bytes |",
+            "|---|---:|---|---:|---:|---:|---:|",
+        ]
+        ref = {(row["model"], row["batch"]): row["step_ms"] for row in result["layers"] if row["impl"] == "reference"}
+        for row in result["layers"]:
+            gflops = "–" if row["gflops"] is None else f"{row['gflops']:.1f}"
+            lines.append(
+                f"| {row['model'][4:]} | {row['batch']} | {row['impl']} | {row['step_ms']:.3f} | {gflops} "
+                f"| {row['step_ms'] / ref[(row['model'], row['batch'])]:.2f} | {row['temp_bytes']:,} |"
+            )
     lines += [
         "",
         f"One epoch ({common.MNIST.architecture}, random MNIST-shaped data): the scanned epoch is one compiled call",
@@ -482,9 +568,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="smoke run (seconds): the California Housing config, a 4096-example epoch, one short round")
     p.add_argument("--only", choices=("mlp", "cnn"), default=None, help="only the MLP or only the CNN configs (default: all)")
+    p.add_argument("--malloc-defaults", action="store_true",
+                   help="keep glibc's malloc defaults instead of manualgrad.malloc.reuse_freed_memory() (every "
+                        "framework in the process, PyTorch too, runs with the same setting)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.epoch_repeats < 1 or not args.block_seconds > 0:
         p.error("--rounds and --epoch-repeats must be >= 1 and --block-seconds > 0")
+    reuse_memory = False if args.malloc_defaults else malloc.reuse_freed_memory()
     configs, epoch_batches, epoch_examples = CONFIGS, EPOCH_BATCHES, EPOCH_EXAMPLES
     if args.only:
         configs = tuple(c for c in configs if c.is_cnn == (args.only == "cnn"))
@@ -495,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = benchmark(
         configs, rounds=args.rounds, block_seconds=args.block_seconds, epoch_batches=epoch_batches,
         epoch_repeats=args.epoch_repeats, epoch_examples=epoch_examples, with_torch=not args.no_torch,
-        progress=lambda s: print(f"measuring {s}", file=sys.stderr, flush=True),
+        progress=lambda s: print(f"measuring {s}", file=sys.stderr, flush=True), reuse_memory=reuse_memory,
     )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

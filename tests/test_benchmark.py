@@ -2,6 +2,9 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments import benchmark, common
@@ -81,3 +84,30 @@ def test_quick_run_writes_the_json_and_the_report(tmp_path, capsys):
     report = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| 8-64-64-1 | 64 | manual |" in report and "Command: `python -m experiments.benchmark --quick" in report
     assert report in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layer", benchmark.CNN_LAYERS, ids=lambda layer: layer[0].split()[0])
+def test_every_per_layer_implementation_computes_the_same_cotangents(layer):
+    # the per-layer rows time these functions: they must be the same computation, three ways
+    _, shape, c_out, needs_x_bar = layer
+    rng = np.random.default_rng(0)
+    c_in = shape[-1]
+    x, w, b = rng.standard_normal((2, *shape)), rng.standard_normal((3, 3, c_in, c_out or 1)), np.zeros(c_out or 1)
+    g = rng.standard_normal((2, *shape[:2], c_out) if c_out else (2, shape[0] // 2, shape[1] // 2, c_in))
+    with jax.enable_x64(True):
+        args = [jnp.asarray(a, jnp.float64) for a in (x, w, b, g)]
+        outs = [jax.jit(benchmark.layer_function(shape, c_out, needs_x_bar, impl))(*args) for impl in benchmark.LAYER_IMPLS]
+    assert len(outs[0]) == (3 if needs_x_bar else 2)
+    for out in outs[1:]:
+        for a, ref in zip(out, outs[0], strict=True):
+            np.testing.assert_allclose(a, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_the_report_has_a_row_per_cnn_layer():
+    rows = [{"model": f"cnn/{name}", "batch": 128, "impl": impl, "step_ms": ms, "gflops": None if c is None else 1.0,
+             "temp_bytes": 10} for name, _, c, _ in benchmark.CNN_LAYERS for impl, ms in (("manual", 1.0), ("reference", 2.0))]
+    result = {**_result(1.0, 1.0, 0.61, model="cnn"), "epochs": [], "layers": rows, "device": "cpu",
+              "gemm_peak_gflops": 100.0, "versions": {}}
+    report = benchmark.markdown(result, "cmd")
+    assert "| conv1 3x3 1->32 28x28 | 128 | manual | 1.000 | 1.0 | 0.50 | 10 |" in report
+    assert "| pool2 2x2 14x14x64 | 128 | reference | 2.000 | – | 1.00 | 10 |" in report
