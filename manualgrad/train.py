@@ -62,7 +62,7 @@ class NonFiniteError(FloatingPointError):
 
 
 def sgd_with_clipping(
-    learning_rate: optax.ScalarOrSchedule, max_norm: float, momentum: float = 0.0
+    learning_rate: optax.ScalarOrSchedule, max_norm: float, momentum: float = 0.0, weight_decay: float = 0.0
 ) -> optax.GradientTransformation:
     """SGD on the gradient clipped to global norm ``max_norm``.
 
@@ -75,6 +75,10 @@ def sgd_with_clipping(
     ``clip_grad_norm_`` followed by ``torch.optim.SGD(lr, momentum)``. ``learning_rate``
     may be an optax schedule (a function of the step count), e.g.
     ``optax.cosine_decay_schedule(0.1, total_steps)``.
+
+    ``weight_decay`` (L2) adds ``weight_decay * params`` to the clipped gradient before the
+    momentum step: ``optax.add_decayed_weights`` between the two, which is what
+    ``torch.optim.SGD(..., weight_decay=...)`` does after ``clip_grad_norm_``.
     """
     if not callable(learning_rate) and not learning_rate > 0:
         raise ValueError(f"manualgrad.train.sgd_with_clipping: learning_rate must be > 0, got {learning_rate!r}")
@@ -82,8 +86,12 @@ def sgd_with_clipping(
         raise ValueError(f"manualgrad.train.sgd_with_clipping: max_norm must be > 0, got {max_norm!r}")
     if not 0 <= momentum < 1:
         raise ValueError(f"manualgrad.train.sgd_with_clipping: momentum must be in [0, 1), got {momentum!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"manualgrad.train.sgd_with_clipping: weight_decay must be >= 0, got {weight_decay!r}")
+    decay = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
     return optax.chain(
         optax.clip_by_global_norm(max_norm),
+        *decay,
         optax.sgd(learning_rate, momentum if momentum else None),
     )
 

@@ -27,18 +27,19 @@ def copy(tree):
     return jax.tree_util.tree_map(jnp.array, tree)
 
 
-def test_sgd_with_clipping_is_clip_then_sgd():
-    """Against the update written out in NumPy: g <- g * min(1, max_norm / ||g||), m <- g + mu m,
-    update = -lr m (PyTorch's clip_grad_norm_ then SGD with momentum, without its 1e-6)."""
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_sgd_with_clipping_is_clip_then_sgd(wd):
+    """Against the update written out in NumPy: g <- g * min(1, max_norm / ||g||) + wd p, m <- g + mu m,
+    update = -lr m (PyTorch's clip_grad_norm_ then SGD with momentum and weight_decay, without its 1e-6)."""
     lr, max_norm, mu = 0.1, 1.0, 0.9
-    opt = train.sgd_with_clipping(lr, max_norm, momentum=mu)
-    params = {"a": jnp.ones(3), "b": jnp.zeros((2, 2))}
+    opt = train.sgd_with_clipping(lr, max_norm, momentum=mu, weight_decay=wd)
+    params = {"a": jnp.asarray([1.0, -2.0, 0.5]), "b": jnp.full((2, 2), 3.0)}
     grads = [{"a": np.array([3.0, -4.0, 12.0]), "b": np.full((2, 2), 0.5)},
              {"a": np.array([0.1, 0.2, -0.1]), "b": np.full((2, 2), 0.05)}]
     state, m = opt.init(params), {"a": np.zeros(3), "b": np.zeros((2, 2))}
     for g in grads + grads:
         norm = np.sqrt(sum(np.sum(v * v) for v in g.values()))
-        clipped = {k: v * min(1.0, max_norm / norm) for k, v in g.items()}
+        clipped = {k: v * min(1.0, max_norm / norm) + wd * np.asarray(params[k]) for k, v in g.items()}
         m = {k: clipped[k] + mu * m[k] for k in m}
         u, state = opt.update(jax.tree_util.tree_map(jnp.asarray, g), state, params)
         for k in m:
@@ -69,7 +70,7 @@ def test_update_norm_in_a_real_step():
     assert float(optax.tree.norm(delta)) <= lr * max_norm * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("bad", [dict(learning_rate=0.0), dict(max_norm=-1.0), dict(momentum=1.0)])
+@pytest.mark.parametrize("bad", [dict(learning_rate=0.0), dict(max_norm=-1.0), dict(momentum=1.0), dict(weight_decay=-0.1)])
 def test_sgd_with_clipping_rejects_bad_settings(bad):
     kw = dict(learning_rate=0.1, max_norm=1.0, momentum=0.0) | bad
     with pytest.raises(ValueError, match="sgd_with_clipping: " + next(iter(bad))):
