@@ -171,6 +171,26 @@ def test_conv2d_auto_picks_the_gemm_formulation_on_cpu_for_few_channels_and_xla_
     assert "convolution" in program("auto", "cpu", c_in=5)
 
 
+def test_conv2d_weight_gradient_in_batch_slices_passes_every_check(monkeypatch):
+    """On CPU with more than 4 input channels, "auto" sums w_bar's convolution over batch slices of
+    WEIGHT_GRAD_CHUNK examples (64): shrunk to 2 here, so that a batch of 5 makes slices 2, 2, 1,
+    and every check of the op registry runs on that path (shapes no other test traces)."""
+    from manualgrad import check
+    from manualgrad.core import Example
+    from manualgrad.ops import conv
+
+    monkeypatch.setattr(conv, "WEIGHT_GRAD_CHUNK", 2)
+
+    def examples(rng):
+        return [Example((rng.normal(size=(5, 5, 4, 6)), rng.normal(size=(3, 2, 6, 3)), rng.normal(size=3)),
+                        {"padding": "SAME", "stride": (2, 1)}),
+                Example((rng.normal(size=(5, 4, 5, 10)), rng.normal(size=(2, 2, 5, 4)), rng.normal(size=4)),
+                        {"groups": 2, "dilation": 2})]
+
+    reports = check.check_op(ops.conv2d, examples, dtypes=(jnp.float64,))
+    assert reports and all(r.passed for r in reports), [r for r in reports if not r.passed]
+
+
 # -- conv2d against PyTorch with PyTorch's weight layout ---------------------------------
 @pytest.mark.skipif(not HAS_TORCH, reason="PyTorch (optional extra) is not installed")
 @pytest.mark.parametrize(

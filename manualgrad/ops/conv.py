@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+import math
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -192,14 +193,16 @@ def conv2d(
 
     With groups each product runs per group (an einsum with the group as a batch axis).
 
-    ``"auto"`` (the default) takes gemm on CPU when each group has at most ``FEW_CHANNELS`` (4)
-    input channels, chosen per backend with ``lax.platform_dependent``, and xla otherwise. Measured
-    on the 2-core CPU (BENCHMARKS.md, per-layer rows): for the MNIST CNN's first convolution (one
-    input channel) XLA's convolutions run at 12-18 GFLOP/s, the gemm forward is an elementwise
-    multiply-add about 8x faster and the im2col weight gradient about 3x; with 32 input channels
-    XLA's convolutions are as fast as the GEMMs here and need no ``KH KW``-fold temporaries (the
-    im2col copy and the per-offset products: 30-60 MB at batch 128), so they stay. GPUs keep XLA's
-    convolutions (cuDNN).
+    ``"auto"`` (the default) chooses per backend with ``lax.platform_dependent``: xla on GPUs; on
+    CPU gemm when each group has at most ``FEW_CHANNELS`` (4) input channels, else xla with the
+    weight gradient's convolution summed over batch slices of ``WEIGHT_GRAD_CHUNK`` (64) examples
+    (``w_bar`` is a sum over the batch, so the slices' ``w_bar`` add up to it). Measured on the
+    2-core CPU (BENCHMARKS.md, per-layer rows): for the MNIST CNN's first convolution (one input
+    channel) XLA's convolutions run at 14-18 GFLOP/s, the gemm forward and weight gradient about
+    2.5x faster; with 32 input channels XLA's forward and input-gradient convolutions are as fast
+    as the GEMMs and need no ``KH KW``-fold temporaries (the im2col copy, the per-offset products:
+    30-60 MB at batch 128), but its weight-gradient convolution slows from 13 ms at batch 128 to
+    230 ms at 512, and 55-60 ms in slices of 64. GPUs keep XLA's convolutions (cuDNN).
 
     Residuals: ``x`` and ``w``.
     """
@@ -213,8 +216,11 @@ def _xla_forward(x: jax.Array, w: jax.Array, geo: _Geometry, groups: int) -> jax
     )
 
 
-def _xla_backward(x: jax.Array, w: jax.Array, g: jax.Array, geo: _Geometry, groups: int) -> tuple[jax.Array, jax.Array]:
-    """``(x_bar, w_bar)`` as two convolutions (the docstring's derivation)."""
+def _xla_backward(
+    x: jax.Array, w: jax.Array, g: jax.Array, geo: _Geometry, groups: int, chunk: int | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """``(x_bar, w_bar)`` as two convolutions (the docstring's derivation); with ``chunk``, ``w_bar``
+    is the sum of the same convolution over batch slices of at most ``chunk`` examples."""
     kh, kw, c_group, c_out = np.shape(w)
     # x_bar: g dilated by the stride, against the flipped kernel with in/out exchanged per group
     w_t = jnp.flip(w, (0, 1)).reshape(kh, kw, c_group, groups, c_out // groups)
@@ -226,10 +232,15 @@ def _xla_backward(x: jax.Array, w: jax.Array, g: jax.Array, geo: _Geometry, grou
     )
     # w_bar: x against g as the kernel, the batch contracted, C_in as the batch
     w_pads = [(lo, hi - u) for (lo, hi), u in zip(geo.pads, geo.unread)]
-    w_bar = lax.conv_general_dilated(
-        x, g, geo.dilation, w_pads, rhs_dilation=geo.strides,
-        dimension_numbers=("CHWN", "IHWO", "HWNC"), batch_group_count=groups,
-    )
+
+    def weight_grad(x, g):
+        return lax.conv_general_dilated(
+            x, g, geo.dilation, w_pads, rhs_dilation=geo.strides,
+            dimension_numbers=("CHWN", "IHWO", "HWNC"), batch_group_count=groups,
+        )
+
+    step = chunk or x.shape[0]
+    w_bar = sum(weight_grad(x[i : i + step], g[i : i + step]) for i in range(0, x.shape[0], step))
     return x_bar, w_bar
 
 
@@ -246,7 +257,13 @@ def _padded(x: jax.Array, geo: _Geometry) -> jax.Array:
 
 def _grouped(a: jax.Array, groups: int) -> jax.Array:
     """``(..., C)`` as ``(..., groups, C // groups)``: channel block ``k`` belongs to group ``k``."""
-    return a.reshape(*a.shape[:-1], groups, a.shape[-1] // groups)
+    return a if groups == 1 else a.reshape(*a.shape[:-1], groups, a.shape[-1] // groups)
+
+
+def _per_group(spec: str, a: jax.Array, b: jax.Array, groups: int) -> jax.Array:
+    """``einsum(spec, a, b)`` with the group axis ``g`` of :func:`_grouped` operands; with one group
+    the axis is left out, so XLA sees plain GEMMs (a size-1 batch axis costs it transposes)."""
+    return jnp.einsum(spec if groups > 1 else spec.replace("g", ""), a, b)
 
 
 def _gemm_forward(x: jax.Array, w: jax.Array, geo: _Geometry, groups: int) -> jax.Array:
@@ -255,8 +272,8 @@ def _gemm_forward(x: jax.Array, w: jax.Array, geo: _Geometry, groups: int) -> ja
     n, c_out = x.shape[0], w.shape[3]
     xp, out = _padded(x, geo), _out_size(x.shape, geo)
     y = sum(
-        jnp.einsum("nhwgc,cgo->nhwgo", _grouped(windows.take(xp, start, geo.strides, out), groups),
-                   _grouped(w[p, q], groups))
+        _per_group("nhwgc,cgo->nhwgo", _grouped(windows.take(xp, start, geo.strides, out), groups),
+                   _grouped(w[p, q], groups), groups)
         for p, q, start in _taps(geo, w.shape)
     )
     return y.reshape(n, *out, c_out)
@@ -271,14 +288,16 @@ def _gemm_backward(x: jax.Array, w: jax.Array, g: jax.Array, geo: _Geometry, gro
     taps = _taps(geo, w.shape)
     xp_bar = sum(
         windows.put(
-            jnp.einsum("nhwgo,cgo->nhwgc", gg, _grouped(w[p, q], groups)).reshape(*g.shape[:3], -1),
+            _per_group("nhwgo,cgo->nhwgc", gg, _grouped(w[p, q], groups), groups).reshape(*g.shape[:3], -1),
             start, geo.strides, xp.shape[1:3],
         )
         for p, q, start in taps
     )
     x_bar = xp_bar[:, t : t + x.shape[1], l : l + x.shape[2], :]
     cols = jnp.stack([_grouped(windows.take(xp, start, geo.strides, out), groups) for _, _, start in taps], axis=3)
-    w_bar = jnp.einsum("nhwkgc,nhwgo->kcgo", cols, gg).reshape(kh, kw, c_group, c_out)
+    m = math.prod(g.shape[:3])  # batch and space, folded into one contraction axis
+    w_bar = _per_group("mkgc,mgo->kcgo", cols.reshape(m, *cols.shape[3:]), gg.reshape(m, *gg.shape[3:]), groups)
+    w_bar = w_bar.reshape(kh, kw, c_group, c_out)
     return x_bar, w_bar
 
 
@@ -292,16 +311,19 @@ def _out_size(x_shape: tuple, geo: _Geometry) -> tuple[int, int]:
 IMPLS = ("auto", "gemm", "xla")
 #: ``"auto"`` takes the gemm formulation on CPU up to this many input channels per group
 FEW_CHANNELS = 4
+#: ``"auto"`` on CPU with more channels: the weight gradient's convolution per this many examples
+WEIGHT_GRAD_CHUNK = 64
 
 
-def _by_impl(impl: str, w_shape: tuple, args: tuple, gemm, xla):
-    """``gemm(*args)`` or ``xla(*args)``. ``"auto"``: gemm on CPU for few input channels per group
-    (``w_shape[2] <= FEW_CHANNELS``), chosen per backend with ``lax.platform_dependent``; else xla."""
+def _by_impl(impl: str, w_shape: tuple, args: tuple, gemm: Callable, xla: Callable, xla_on_cpu: Callable) -> Any:
+    """``gemm(*args)`` or ``xla(*args)``; ``"auto"`` chooses per backend with ``lax.platform_dependent``:
+    on CPU gemm for few input channels per group (``w_shape[2] <= FEW_CHANNELS``) and ``xla_on_cpu``
+    otherwise, xla elsewhere."""
     if impl == "gemm":
         return gemm(*args)
-    if impl == "xla" or w_shape[2] > FEW_CHANNELS:
+    if impl == "xla":
         return xla(*args)
-    return lax.platform_dependent(*args, cpu=gemm, default=xla)
+    return lax.platform_dependent(*args, cpu=gemm if w_shape[2] <= FEW_CHANNELS else xla_on_cpu, default=xla)
 
 
 def conv2d_fwd(
@@ -310,7 +332,7 @@ def conv2d_fwd(
 ) -> tuple[jax.Array, tuple]:
     geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
     gemm, xla = (functools.partial(f, geo=geo, groups=groups) for f in (_gemm_forward, _xla_forward))
-    y = _by_impl(impl, np.shape(w), (x, w), gemm, xla)
+    y = _by_impl(impl, np.shape(w), (x, w), gemm, xla, xla)
     return y + b, (x, w)
 
 
@@ -321,7 +343,7 @@ def conv2d_bwd(
     x, w = res
     geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
     gemm, xla = (functools.partial(f, geo=geo, groups=groups) for f in (_gemm_backward, _xla_backward))
-    x_bar, w_bar = _by_impl(impl, np.shape(w), (x, w, g), gemm, xla)
+    x_bar, w_bar = _by_impl(impl, np.shape(w), (x, w, g), gemm, xla, functools.partial(xla, chunk=WEIGHT_GRAD_CHUNK))
     return x_bar, w_bar, jnp.sum(g, axis=(0, 1, 2))
 
 
