@@ -282,12 +282,14 @@ CNN_LAYERS = (
 LAYER_IMPLS = ("manual", "xla", "reference")
 
 
-def layer_function(shape: tuple, c_out: int | None, needs_x_bar: bool, impl: str) -> Callable:
+def layer_function(c_out: int | None, needs_x_bar: bool, impl: str) -> Callable:
     """``f(x, w, b, g)``: one layer's forward and backward (the cotangents the train step needs).
 
-    ``manual``: the op with its default formulation (gemm on CPU); ``xla``: the op's hand-written
-    backward as XLA convolutions (``impl="xla"``; the same as manual for a pool); ``reference``:
-    ``jax.vjp`` of the plain lax forward (``lax.conv_general_dilated``, ``lax.reduce_window``).
+    ``manual``: the op as training runs it (``impl="auto"``: on CPU the gemm formulation for one
+    input channel, XLA convolutions with the weight gradient in batch slices for 32); ``xla``: the
+    op's hand-written rules as plain XLA convolutions (``impl="xla"``, what GPUs run; no such row
+    for a pool); ``reference``: ``jax.vjp`` of the plain lax forward (``lax.conv_general_dilated``,
+    ``lax.reduce_window``).
     """
     from manualgrad import ops, reference_mode
 
@@ -309,22 +311,27 @@ def layer_function(shape: tuple, c_out: int | None, needs_x_bar: bool, impl: str
     return f
 
 
+def layer_inputs(batch: int, shape: tuple, c_out: int | None, dtype: Any = np.float32) -> tuple[np.ndarray, ...]:
+    """``(x, w, b, g)`` for one of :data:`CNN_LAYERS` (``w`` and ``b`` unused by a pool): random
+    input, 3x3 kernel, zero bias and a random output cotangent."""
+    rng = np.random.default_rng(0)
+    c_in = shape[-1]
+    out = (batch, *shape[:2], c_out) if c_out else (batch, shape[0] // 2, shape[1] // 2, c_in)
+    x, w, g = (rng.standard_normal(s).astype(dtype) for s in ((batch, *shape), (3, 3, c_in, c_out or 1), out))
+    return x, w, np.zeros(c_out or 1, dtype), g
+
+
 def layer_rows(batch: int, rounds: int, block_seconds: float) -> list[dict]:
     """Forward + backward of each of the CNN's convolutions and poolings, per implementation."""
-    rng = np.random.default_rng(0)
     rows = []
     for name, shape, c_out, needs_x_bar in CNN_LAYERS:
-        x = jax.device_put(rng.standard_normal((batch, *shape), dtype=np.float32))
+        x, w, b, g = (jax.device_put(a) for a in layer_inputs(batch, shape, c_out))
         c_in = shape[-1]
-        w = jax.device_put(rng.standard_normal((3, 3, c_in, c_out or 1), dtype=np.float32))
-        b = jax.device_put(np.zeros(c_out or 1, np.float32))
-        out = (batch, *shape[:2], c_out) if c_out else (batch, shape[0] // 2, shape[1] // 2, c_in)
-        g = jax.device_put(rng.standard_normal(out, dtype=np.float32))
         runners, temps = {}, {}
         for impl in LAYER_IMPLS:
             if c_out is None and impl == "xla":
                 continue
-            compiled = jax.jit(layer_function(shape, c_out, needs_x_bar, impl)).lower(x, w, b, g).compile()
+            compiled = jax.jit(layer_function(c_out, needs_x_bar, impl)).lower(x, w, b, g).compile()
             runners[impl], temps[impl] = repeat_call(compiled, x, w, b, g), temp_bytes(compiled)
         seconds = time_interleaved(runners, rounds, block_seconds)
         # products: the forward, w_bar, and x_bar where it is needed
@@ -527,8 +534,9 @@ def markdown(result: dict, command: str) -> str:
         lines += [
             "",
             "The CNN's layers, forward + backward (the cotangents the train step needs: no input gradient for",
-            "conv1). manual: the op as training runs it (on CPU the gemm formulation); xla: the same hand-written",
-            "rules as XLA convolutions (`impl=\"xla\"`, what GPUs run); reference: `jax.vjp` of the plain lax forward.",
+            "conv1). manual: the op as training runs it (`impl=\"auto\"`: on CPU the gemm formulation for conv1,",
+            "XLA convolutions with the weight gradient in 64-example slices for conv2); xla: the hand-written rules",
+            "as plain XLA convolutions (`impl=\"xla\"`, what GPUs run); reference: `jax.vjp` of the plain lax forward.",
             "",
             "| layer | batch | impl | ms | GFLOP/s | ratio to reference | XLA temp bytes |",
             "|---|---:|---|---:|---:|---:|---:|",
@@ -569,8 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="smoke run (seconds): the California Housing config, a 4096-example epoch, one short round")
     p.add_argument("--only", choices=("mlp", "cnn"), default=None, help="only the MLP or only the CNN configs (default: all)")
     p.add_argument("--malloc-defaults", action="store_true",
-                   help="keep glibc's malloc defaults instead of manualgrad.malloc.reuse_freed_memory() (every "
-                        "framework in the process, PyTorch too, runs with the same setting)")
+                   help="measure with glibc's malloc as it starts, without manualgrad.malloc.reuse_freed_memory() "
+                        "(every framework in the process, PyTorch too, runs with the same setting)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.epoch_repeats < 1 or not args.block_seconds > 0:
         p.error("--rounds and --epoch-repeats must be >= 1 and --block-seconds > 0")

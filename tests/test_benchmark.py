@@ -90,13 +90,9 @@ def test_quick_run_writes_the_json_and_the_report(tmp_path, capsys):
 def test_every_per_layer_implementation_computes_the_same_cotangents(layer):
     # the per-layer rows time these functions: they must be the same computation, three ways
     _, shape, c_out, needs_x_bar = layer
-    rng = np.random.default_rng(0)
-    c_in = shape[-1]
-    x, w, b = rng.standard_normal((2, *shape)), rng.standard_normal((3, 3, c_in, c_out or 1)), np.zeros(c_out or 1)
-    g = rng.standard_normal((2, *shape[:2], c_out) if c_out else (2, shape[0] // 2, shape[1] // 2, c_in))
     with jax.enable_x64(True):
-        args = [jnp.asarray(a, jnp.float64) for a in (x, w, b, g)]
-        outs = [jax.jit(benchmark.layer_function(shape, c_out, needs_x_bar, impl))(*args) for impl in benchmark.LAYER_IMPLS]
+        args = [jnp.asarray(a) for a in benchmark.layer_inputs(2, shape, c_out, np.float64)]
+        outs = [jax.jit(benchmark.layer_function(c_out, needs_x_bar, impl))(*args) for impl in benchmark.LAYER_IMPLS]
     assert len(outs[0]) == (3 if needs_x_bar else 2)
     for out in outs[1:]:
         for a, ref in zip(out, outs[0], strict=True):

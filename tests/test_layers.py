@@ -146,12 +146,15 @@ def test_random_shift_translates_each_image_with_zero_fill():
 def test_augmentation_needs_a_key_and_images():
     with pytest.raises(ValueError, match=r"manualgrad.nn.RandomFlip\(0.5\).*needs a key: pass key="):
         nn.RandomFlip().apply((), jnp.ones((2, 3, 3, 1)), train=True)
-    with pytest.raises(ValueError, match=r"RandomShift\(1\).*shape \(2, 9\).*NHWC"):
+    with pytest.raises(ValueError, match=r"RandomShift\(1\): x has shape \(2, 9\): augmentation takes NHWC"):
         nn.RandomShift(1).apply((), jnp.ones((2, 9)), key=KEY, train=True)
+    with pytest.raises(ValueError, match=r"RandomFlip\(0.5\): x has shape \(2, 9\)"):  # found at init, not at step 1
+        nn.serial(nn.RandomFlip(), nn.Linear(3)).init(KEY, (2, 9))
     with pytest.raises(ValueError, match="pad must be an integer >= 0, got -1"):
         nn.RandomShift(-1)
     with pytest.raises(ValueError, match=r"p must be a probability in \[0, 1\], got 2"):
         nn.RandomFlip(2)
+    assert nn.RandomShift(np.int64(2)).init(KEY, (1, 4, 4, 1))[0] == (1, 4, 4, 1)  # numpy scalars are numbers too
 
 
 # -- batch norm -------------------------------------------------------------------------------

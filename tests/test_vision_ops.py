@@ -189,6 +189,22 @@ def test_conv2d_weight_gradient_in_batch_slices_passes_every_check(monkeypatch):
 
     reports = check.check_op(ops.conv2d, examples, dtypes=(jnp.float64,))
     assert reports and all(r.passed for r in reports), [r for r in reports if not r.passed]
+    # the path taken: batch 5 in slices of 2 is three weight-gradient convolutions, plus the input
+    # gradient's (the forward's output is not needed by grad of a sum, so it is dropped)
+    x, w, b = jnp.ones((5, 7, 7, 6)), jnp.ones((3, 3, 6, 2)), jnp.zeros(2)
+    step = jax.jit(jax.grad(lambda x, w: ops.conv2d(x, w, b, padding="SAME").sum(), argnums=(0, 1)))
+    assert step.trace(x, w).lower(lowering_platforms=("cpu",)).as_text().count("stablehlo.convolution") == 4
+
+
+@pytest.mark.parametrize("impl", ["auto", "gemm", "xla"])
+@pytest.mark.parametrize("c_in", [1, 8], ids=["few-channels", "many-channels"])
+def test_conv2d_on_an_empty_batch_has_zero_weight_gradient(impl, c_in):
+    x, w, b = jnp.zeros((0, 5, 5, c_in)), jnp.ones((3, 3, c_in, 2)), jnp.zeros(2)
+    y, pullback = jax.vjp(lambda x, w, b: ops.conv2d(x, w, b, padding="SAME", impl=impl), x, w, b)
+    x_bar, w_bar, b_bar = pullback(jnp.zeros_like(y))
+    assert y.shape == (0, 5, 5, 2) and x_bar.shape == x.shape
+    np.testing.assert_array_equal(w_bar, jnp.zeros_like(w))
+    np.testing.assert_array_equal(b_bar, jnp.zeros_like(b))
 
 
 # -- conv2d against PyTorch with PyTorch's weight layout ---------------------------------

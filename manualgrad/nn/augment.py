@@ -12,6 +12,8 @@ only residual (the backward draws again, as dropout's does).
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -21,9 +23,14 @@ from manualgrad.nn.layer import Layer, primitive, training_key
 __all__ = ["RandomFlip", "RandomShift"]
 
 
-def _check_images(name: str, x: jax.Array) -> None:
-    if jnp.ndim(x) != 4:
-        raise ValueError(f"x has shape {jnp.shape(x)}: {name} takes NHWC images (4 axes), batch first")
+def _check_images(shape: tuple) -> None:
+    if len(shape) != 4:
+        raise ValueError(f"x has shape {tuple(shape)}: augmentation takes NHWC images (4 axes), batch first")
+
+
+def _init(key: jax.Array, input_shape: tuple) -> tuple[tuple, tuple]:
+    _check_images(input_shape)
+    return tuple(input_shape), ()
 
 
 def _augmenting(name: str, enabled: bool, draw, forward, transpose) -> Layer:
@@ -32,9 +39,9 @@ def _augmenting(name: str, enabled: bool, draw, forward, transpose) -> Layer:
     cotangent of ``x``. Identity (and identity backward) when not training or not ``enabled``."""
 
     def fwd(params, state, x, key, train):
-        if not (enabled and training_key(name, key, train, "draws a random augmentation")):
+        _check_images(jnp.shape(x))
+        if not (enabled and training_key(key, train, "draws a random augmentation")):
             return x, state, None
-        _check_images(name, x)
         return forward(x, draw(key, x.shape)), state, key
 
     def call(params, state, x, key, train):
@@ -46,7 +53,7 @@ def _augmenting(name: str, enabled: bool, draw, forward, transpose) -> Layer:
             return (), y_bar
         return (), transpose(y_bar, draw(res, y_bar.shape))
 
-    return primitive(name, lambda key, s: (tuple(s), ()), call, fwd, bwd)
+    return primitive(name, _init, call, fwd, bwd)
 
 
 def RandomFlip(p: float = 0.5) -> Layer:
@@ -58,7 +65,7 @@ def RandomFlip(p: float = 0.5) -> Layer:
     for the flipped examples and ``g[n]`` for the others.
     """
     name = f"RandomFlip({p!r})"
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
         raise ValueError(f"manualgrad.nn.{name}: p must be a probability in [0, 1], got {p!r}")
 
     def draw(key, shape):
@@ -82,8 +89,9 @@ def RandomShift(pad: int) -> Layer:
     without its border, ``xp_bar[n, pad:pad + H, pad:pad + W]``.
     """
     name = f"RandomShift({pad!r})"
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+    if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or pad < 0:
         raise ValueError(f"manualgrad.nn.{name}: pad must be an integer >= 0, got {pad!r}")
+    pad = int(pad)
 
     def draw(key, shape):
         return jax.random.randint(key, (shape[0], 2), 0, 2 * pad + 1)

@@ -63,9 +63,9 @@ def child_key(key: jax.Array | None, i: int) -> jax.Array | None:
     return None if key is None else jax.random.fold_in(key, i)
 
 
-def training_key(name: str, key: jax.Array | None, train: bool, what: str) -> bool:
-    """Whether a random layer ``name`` is active (``train``); training without a key is an
-    error that says how to pass one. ``what`` says what the layer draws."""
+def training_key(key: jax.Array | None, train: bool, what: str) -> bool:
+    """Whether a random layer is active (``train``); training without a key is an error that says
+    how to pass one (the layer's name is added by :func:`primitive`). ``what`` says what it draws."""
     if train and key is None:
         raise ValueError(
             f"training mode (train=True) {what} and needs a key: pass key=jax.random.key(seed) "

@@ -196,7 +196,7 @@ def Dropout(rate: float) -> Layer:
         raise ValueError(f"manualgrad.nn.{name}: rate must be in [0, 1), got {rate!r}")
 
     def active(key, train):
-        return rate > 0 and training_key(name, key, train, "draws a dropout mask")
+        return rate > 0 and training_key(key, train, "draws a dropout mask")
 
     def call(params, state, x, key, train):
         return (ops.dropout(x, key, rate=rate) if active(key, train) else x), state

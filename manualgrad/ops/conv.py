@@ -239,8 +239,9 @@ def _xla_backward(
             dimension_numbers=("CHWN", "IHWO", "HWNC"), batch_group_count=groups,
         )
 
-    step = chunk or x.shape[0]
-    w_bar = sum(weight_grad(x[i : i + step], g[i : i + step]) for i in range(0, x.shape[0], step))
+    step = chunk or max(x.shape[0], 1)
+    w_bar = sum((weight_grad(x[i : i + step], g[i : i + step]) for i in range(step, x.shape[0], step)),
+                weight_grad(x[:step], g[:step]))
     return x_bar, w_bar
 
 
@@ -288,7 +289,7 @@ def _gemm_backward(x: jax.Array, w: jax.Array, g: jax.Array, geo: _Geometry, gro
     taps = _taps(geo, w.shape)
     xp_bar = sum(
         windows.put(
-            _per_group("nhwgo,cgo->nhwgc", gg, _grouped(w[p, q], groups), groups).reshape(*g.shape[:3], -1),
+            _per_group("nhwgo,cgo->nhwgc", gg, _grouped(w[p, q], groups), groups).reshape(*g.shape[:3], x.shape[3]),
             start, geo.strides, xp.shape[1:3],
         )
         for p, q, start in taps
