@@ -20,12 +20,14 @@ import jax
 import numpy as np
 import optax
 
-from manualgrad import checkpoint, data, losses, nn, train
+from manualgrad import checkpoint, data, losses, malloc, nn, train
 from manualgrad.core import Op
 
 CHECKPOINT = "checkpoint.npz"
 # flags that change the trajectory: --resume refuses a checkpoint written with other values
-RESUME_MUST_MATCH = ("model", "batch_size", "lr", "schedule", "decay_epochs", "momentum", "max_norm", "seed", "grad", "limit")
+RESUME_MUST_MATCH = (
+    "model", "batch_size", "lr", "schedule", "decay_epochs", "momentum", "weight_decay", "max_norm", "seed", "grad", "limit"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +137,7 @@ MNIST = Task(
     loss=losses.softmax_cross_entropy,
     metric="accuracy",
     prepare=standardise_mnist,
-    defaults={"epochs": 10, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "max_norm": 5.0},
+    defaults={"epochs": 10, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "max_norm": 5.0},
 )
 
 CALIFORNIA_HOUSING = Task(
@@ -146,7 +148,7 @@ CALIFORNIA_HOUSING = Task(
     loss=losses.mse,
     metric="mse",
     prepare=lambda ds: ds,  # already standardised by manualgrad.data (train statistics only)
-    defaults={"epochs": 60, "batch_size": 64, "lr": 0.02, "momentum": 0.9, "max_norm": 5.0},
+    defaults={"epochs": 60, "batch_size": 64, "lr": 0.02, "momentum": 0.9, "weight_decay": 0.0, "max_norm": 5.0},
 )
 
 FASHION_MNIST = dataclasses.replace(
@@ -154,7 +156,7 @@ FASHION_MNIST = dataclasses.replace(
     name="fashion_mnist",
     hidden=(256, 128),
     prepare=lambda ds: standardise_images(ds, 0.2860, 0.3530),
-    defaults={"epochs": 15, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "max_norm": 5.0},
+    defaults={"epochs": 15, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "max_norm": 5.0},
 )
 
 TASKS = {t.name: t for t in (MNIST, CALIFORNIA_HOUSING, FASHION_MNIST)}
@@ -162,13 +164,15 @@ TASKS = {t.name: t for t in (MNIST, CALIFORNIA_HOUSING, FASHION_MNIST)}
 #: ``--model cnn`` of the image tasks
 CNN_TASKS = {
     "mnist": dataclasses.replace(
-        MNIST, arch="cnn", defaults={"epochs": 12, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "max_norm": 5.0}
+        MNIST,
+        arch="cnn",
+        defaults={"epochs": 12, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "max_norm": 5.0},
     ),
     "fashion_mnist": dataclasses.replace(
         FASHION_MNIST,
         arch="cnn",
         cnn_regularised=True,
-        defaults={"epochs": 20, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "max_norm": 5.0},
+        defaults={"epochs": 20, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "max_norm": 5.0},
     ),
 }
 
@@ -245,6 +249,8 @@ def parser(
         type=int,
     )
     flag("--momentum", "SGD momentum (0 for plain SGD)", type=float)
+    flag("--weight-decay", "L2 weight decay: weight_decay * params added to the clipped gradient (torch.optim.SGD's)",
+         type=float)
     flag("--max-norm", "clip the gradient to this global L2 norm", type=float)
     p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling")
     p.add_argument(
@@ -286,6 +292,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if not 0 <= args.momentum < 1:
         p.error(f"--momentum must be in [0, 1), got {args.momentum}")
+    if not args.weight_decay >= 0:
+        p.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit must be >= 1, got {args.limit}")
 
@@ -355,11 +363,14 @@ def run(task: Task, args: argparse.Namespace) -> dict:
     """Train ``task`` with ``args``; write ``metrics.json``, ``curves.png`` and checkpoints; return the metrics."""
     from tqdm import tqdm
 
+    # freed memory stays in the process, so each step's XLA temporaries land on warm pages
+    # (manualgrad.malloc; a process-wide glibc setting, recorded in the config)
+    reuse_memory = malloc.reuse_freed_memory()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ds = task.load(args.data_dir, args.limit)
     check_data(args, len(ds.x_train))
-    optimizer = train.sgd_with_clipping(learning_rate(args, len(ds.x_train)), args.max_norm, args.momentum)
+    optimizer = train.sgd_with_clipping(learning_rate(args, len(ds.x_train)), args.max_norm, args.momentum, args.weight_decay)
     config = {
         "task": task.name,
         "model": task.architecture,
@@ -371,6 +382,7 @@ def run(task: Task, args: argparse.Namespace) -> dict:
         # XLA:CPU runs convolutions ~20x slower inside lax.scan (jax-ml/jax#12868): loop over the jitted step
         "epoch": "loop" if task.arch == "cnn" and jax.default_backend() == "cpu" else "scan",
         "jax": jax.__version__,
+        "reuse_freed_memory": reuse_memory,
     }
     bar = tqdm(total=args.epochs, desc=f"{task.name} ({args.grad})", unit="epoch", disable=args.no_progress)
 

@@ -212,7 +212,7 @@ def run_torch(task: common.Task, args: argparse.Namespace, ds: data.Dataset, par
 
     torch.manual_seed(args.seed)
     model = torch_model(task, params)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     loss_fn = torch_loss(task)
     x, x_test = torch_inputs(task, ds.x_train), torch_inputs(task, ds.x_test)
     y, y_test = torch_labels(task, ds.y_train), torch_labels(task, ds.y_test)
@@ -291,7 +291,7 @@ def run_jax(task: common.Task, args: argparse.Namespace, ds: data.Dataset, param
     history = train.fit(
         model,
         task.loss,
-        train.sgd_with_clipping(schedule, args.max_norm, args.momentum),
+        train.sgd_with_clipping(schedule, args.max_norm, args.momentum, args.weight_decay),
         params,
         ds,
         epochs=args.epochs,

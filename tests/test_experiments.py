@@ -136,6 +136,7 @@ TRAJECTORY_FLAGS = {
     "schedule": "constant",
     "decay_epochs": "5",
     "momentum": "0",
+    "weight_decay": "0.001",
     "max_norm": "1.0",
     "seed": "1",
     "grad": "explicit",
@@ -270,6 +271,7 @@ def test_compare_torch_cnn_in_float64_agrees_to_rounding(shared_data, name):
         pytest.skip(f"{shared_data / name} is absent")
     task = common.task_for(name, "cnn")
     args = argparse.Namespace(epochs=1, batch_size=16, lr=0.05, schedule="cosine", decay_epochs=1, momentum=0.9,
+                              weight_decay=0.0,
                               max_norm=1e6, seed=0, data_dir=str(shared_data), out=None, limit=64, dtype="float64",
                               model="cnn")
     result = compare_torch.compare(task, args, real_images(shared_data / name, task, 64, 200), sensitivity=False)

@@ -101,7 +101,7 @@ def test_two_head_gradients_equal_torch_autograd(grad):
 @pytest.mark.parametrize("grad", train.GRADS)
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_cnn_gradients_equal_torch_autograd(name, grad):
-    """The experiments' CNNs (fashion_mnist's with batch norm in training mode; dropout and augmentation off)
+    """The experiments' CNNs (fashion_mnist's with batch norm in training mode; dropout at rate 0)
     against compare_torch's twin: every parameter's gradient, and the running statistics.
 
     On 12x12 images to stay quick (the layers do not depend on the size). Measured, relative to

@@ -198,11 +198,11 @@ def conv2d(
     weight gradient's convolution summed over batch slices of ``WEIGHT_GRAD_CHUNK`` (64) examples
     (``w_bar`` is a sum over the batch, so the slices' ``w_bar`` add up to it). Measured on the
     2-core CPU (BENCHMARKS.md, per-layer rows): for the MNIST CNN's first convolution (one input
-    channel) XLA's convolutions run at 14-18 GFLOP/s, the gemm forward and weight gradient about
-    2.5x faster; with 32 input channels XLA's forward and input-gradient convolutions are as fast
+    channel) XLA's convolutions run at 15-22 GFLOP/s, the gemm forward and weight gradient
+    2.2-2.6x faster; with 32 input channels XLA's forward and input-gradient convolutions are as fast
     as the GEMMs and need no ``KH KW``-fold temporaries (the im2col copy, the per-offset products:
-    30-60 MB at batch 128), but its weight-gradient convolution slows from 13 ms at batch 128 to
-    230 ms at 512, and 55-60 ms in slices of 64. GPUs keep XLA's convolutions (cuDNN).
+    30-60 MB at batch 128), but its weight-gradient convolution slows from 14 ms at batch 128 to
+    229 ms at 512, against 54-61 ms in slices of 64. GPUs keep XLA's convolutions (cuDNN).
 
     Residuals: ``x`` and ``w``.
     """
