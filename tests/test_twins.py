@@ -59,6 +59,7 @@ JAX_TWINS = {
     "manualgrad.ops.layer_norm": lambda x, gamma, beta, eps=1e-5:
         jax.nn.standardize(x, axis=-1, epsilon=eps) * gamma + beta,
     "manualgrad.ops.dropout": lambda x, key, rate: x * _dropout_scale(key, rate, x.shape),
+    "manualgrad.ops.embedding": lambda ids, table: jax.nn.one_hot(ids, table.shape[0], dtype=table.dtype) @ table,
     "manualgrad.ops.batch_norm_inference": lambda x, gamma, beta, mean, var, eps=1e-5:
         jax.nn.standardize(x, mean=mean, variance=var, epsilon=eps) * gamma + beta,
 }
@@ -102,6 +103,7 @@ def torch_twins():
         "manualgrad.ops.batch_norm": lambda x, gamma, beta, eps=1e-5:
             F.batch_norm(x.movedim(-1, 1), None, None, gamma, beta, training=True, eps=eps).movedim(1, -1),
         "manualgrad.ops.layer_norm": lambda x, gamma, beta, eps=1e-5: F.layer_norm(x, x.shape[-1:], gamma, beta, eps),
+        "manualgrad.ops.embedding": lambda ids, table: torch.nn.functional.embedding(ids, table),
         "manualgrad.ops.dropout": lambda x, key, rate:
             x * torch.tensor(np.asarray(_dropout_scale(jnp.asarray(key.numpy()), rate, tuple(x.shape)))),
         "manualgrad.ops.batch_norm_inference": lambda x, gamma, beta, mean, var, eps=1e-5:

@@ -18,6 +18,7 @@ from manualgrad.ops.activations import (
 )
 from manualgrad.ops.conv import conv2d
 from manualgrad.ops.dropout import dropout
+from manualgrad.ops.embedding import embedding
 from manualgrad.ops.linear import linear
 from manualgrad.ops.norm import batch_norm, layer_norm
 from manualgrad.ops.norm_inference import batch_norm_inference
@@ -46,4 +47,5 @@ __all__ = [
     "batch_norm_inference",
     "layer_norm",
     "dropout",
+    "embedding",
 ]
