@@ -60,6 +60,8 @@ JAX_TWINS = {
         jax.nn.standardize(x, axis=-1, epsilon=eps) * gamma + beta,
     "manualgrad.ops.dropout": lambda x, key, rate: x * _dropout_scale(key, rate, x.shape),
     "manualgrad.ops.embedding": lambda ids, table: jax.nn.one_hot(ids, table.shape[0], dtype=table.dtype) @ table,
+    "manualgrad.ops.attention": lambda q, k, v, mask=None, causal=False, scale=None, block=None:
+        _attention_by_softmax(q, k, v, mask, causal, scale),
     "manualgrad.ops.batch_norm_inference": lambda x, gamma, beta, mean, var, eps=1e-5:
         jax.nn.standardize(x, mean=mean, variance=var, epsilon=eps) * gamma + beta,
 }
@@ -104,6 +106,7 @@ def torch_twins():
             F.batch_norm(x.movedim(-1, 1), None, None, gamma, beta, training=True, eps=eps).movedim(1, -1),
         "manualgrad.ops.layer_norm": lambda x, gamma, beta, eps=1e-5: F.layer_norm(x, x.shape[-1:], gamma, beta, eps),
         "manualgrad.ops.embedding": lambda ids, table: torch.nn.functional.embedding(ids, table),
+        "manualgrad.ops.attention": torch_attention,
         "manualgrad.ops.dropout": lambda x, key, rate:
             x * torch.tensor(np.asarray(_dropout_scale(jnp.asarray(key.numpy()), rate, tuple(x.shape)))),
         "manualgrad.ops.batch_norm_inference": lambda x, gamma, beta, mean, var, eps=1e-5:
@@ -270,6 +273,32 @@ def _pool_by_slices(x, reduce, fill, window, stride=None, padding=0):
     ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
     taps = [xp[:, p : p + (ho - 1) * sh + 1 : sh, q : q + (wo - 1) * sw + 1 : sw] for p in range(kh) for q in range(kw)]
     return reduce(jnp.stack(taps), axis=0)
+
+
+def _attention_allowed(mask, causal, t_q, t_k, xp):
+    """(allowed, rows that attend something, allowed with such rows opened to every key)."""
+    allow = xp.ones((t_q, t_k), dtype=bool) if mask is None else mask
+    if causal:
+        allow = allow & (xp.arange(t_k)[None, :] <= xp.arange(t_q)[:, None])
+    row = allow.any(-1, keepdims=True)
+    return allow, row, allow | ~row
+
+
+def _attention_by_softmax(q, k, v, mask, causal, scale):
+    """jax.nn.softmax of the masked scores; a row that attends nothing is opened to every key (no
+    NaN on any path) and its output zeroed: the op's documented convention."""
+    _, row, opened = _attention_allowed(mask, causal, q.shape[-2], k.shape[-2], jnp)
+    s = q @ jnp.swapaxes(k, -1, -2) * (1 / np.sqrt(q.shape[-1]) if scale is None else scale)
+    return jnp.where(row, jax.nn.softmax(jnp.where(opened, s, -jnp.inf), axis=-1) @ v, 0.0)
+
+
+def torch_attention(q, k, v, mask=None, causal=False, scale=None, block=None):
+    """PyTorch's scaled_dot_product_attention with the same fully-masked-row convention."""
+    import torch
+
+    _, row, opened = _attention_allowed(mask, causal, q.shape[-2], k.shape[-2], torch)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=opened, scale=scale)
+    return torch.where(row, out, torch.zeros((), dtype=out.dtype))
 
 
 def _dropout_scale(key, rate, shape):

@@ -16,6 +16,7 @@ from manualgrad.ops.activations import (
     square,
     tanh,
 )
+from manualgrad.ops.attention import attention
 from manualgrad.ops.conv import conv2d
 from manualgrad.ops.dropout import dropout
 from manualgrad.ops.embedding import embedding
@@ -48,4 +49,5 @@ __all__ = [
     "layer_norm",
     "dropout",
     "embedding",
+    "attention",
 ]

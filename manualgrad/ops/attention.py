@@ -1,0 +1,200 @@
+"""Softmax attention with a FlashAttention-style hand-written backward: O(block x T_k) memory.
+
+``jax.grad`` of plain attention keeps the (T_q, T_k) probability matrix for the backward pass.
+Here the forward keeps only q, k, v, the output and each query row's log-sum-exp, and the
+backward recomputes the probabilities one block of queries at a time (Dao et al., 2022).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from manualgrad.core import Example, defop, describe, fail
+
+_WHERE = "manualgrad.ops.attention"
+
+
+def _check_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: Any = None, causal: bool = False, scale: Any = None,
+    block: int = 128,
+) -> None:
+    if jnp.ndim(q) < 2 or jnp.ndim(k) != jnp.ndim(q) or jnp.ndim(v) != jnp.ndim(q):
+        fail(_WHERE, f"{describe('q', q)}, {describe('k', k)}, {describe('v', v)}: q, k and v must be "
+                     "(..., T, d) with the same leading axes")
+    if np.shape(q)[:-2] != np.shape(k)[:-2] or np.shape(k)[:-2] != np.shape(v)[:-2]:
+        fail(_WHERE, f"leading axes differ: q.shape={np.shape(q)}, k.shape={np.shape(k)}, v.shape={np.shape(v)}")
+    if np.shape(q)[-1] != np.shape(k)[-1]:
+        fail(_WHERE, f"q.shape={np.shape(q)} and k.shape={np.shape(k)} must have the same feature size d")
+    if np.shape(k)[-2] != np.shape(v)[-2]:
+        fail(_WHERE, f"k.shape={np.shape(k)} and v.shape={np.shape(v)} must have the same length T_k")
+    if mask is not None:
+        target = (*np.shape(q)[:-1], np.shape(k)[-2])
+        try:
+            np.broadcast_shapes(np.shape(mask), target)
+            ok = np.broadcast_shapes(np.shape(mask), target) == target
+        except ValueError:
+            ok = False
+        if not ok:
+            fail(_WHERE, f"mask.shape={np.shape(mask)} does not broadcast to (..., T_q, T_k)={target}")
+        if jnp.result_type(mask) != jnp.bool_:
+            fail(_WHERE, f"{describe('mask', mask)}: mask must be boolean (True = attend)")
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        fail(_WHERE, f"block={block!r} must be a positive int (queries per block)")
+
+
+def _attention_examples(rng: np.random.Generator) -> list[Example]:
+    def qkv(lead: tuple, tq: int, tk: int, d: int, dv: int) -> tuple:
+        return rng.normal(size=(*lead, tq, d)), rng.normal(size=(*lead, tk, d)), rng.normal(size=(*lead, tk, dv))
+
+    # row 1 of the mask attends nothing: its output and gradients are zero
+    mask = np.ones((5, 4), bool)
+    mask[1] = False
+    mask[3, :2] = False
+    return [
+        Example(qkv((2,), 5, 4, 3, 2), {"block": 2}),  # 3 blocks, the last one padded
+        Example((*qkv((1, 2), 4, 4, 3, 3), None), {"causal": True, "block": 3}),
+        Example((*qkv((2,), 5, 4, 3, 2), mask), {"scale": 0.7, "block": 4}),
+    ]
+
+
+def _blocks(x: jax.Array, block: int) -> jax.Array:
+    """``(..., T, c)`` as ``(n_blocks, ..., block, c)``, zero-padded to a whole number of blocks."""
+    t = x.shape[-2]
+    n = -(-t // block)
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, n * block - t), (0, 0)])
+    return jnp.moveaxis(x.reshape(*x.shape[:-2], n, block, x.shape[-1]), -3, 0)
+
+
+def _unblocks(xb: jax.Array, t: int) -> jax.Array:
+    x = jnp.moveaxis(xb, 0, -3)
+    return x.reshape(*x.shape[:-3], -1, x.shape[-1])[..., :t, :]
+
+
+def _allowed(mask_b: Any, i: jax.Array, block: int, t_k: int, causal: bool) -> Any:
+    """Which keys each query of block ``i`` attends: the mask's rows and, if causal, keys <= position."""
+    allow = mask_b
+    if causal:
+        rows = i * block + jnp.arange(block)[:, None]
+        allow = (jnp.arange(t_k)[None, :] <= rows) if allow is None else allow & (jnp.arange(t_k)[None, :] <= rows)
+    return allow
+
+
+def _scores(q_b: jax.Array, k: jax.Array, allow: Any, scale: float) -> jax.Array:
+    s = jnp.einsum("...qd,...kd->...qk", q_b, k) * scale
+    return s if allow is None else jnp.where(allow, s, -jnp.inf)
+
+
+def _scale(q: jax.Array, scale: Any) -> float:
+    return float(1.0 / np.sqrt(np.shape(q)[-1])) if scale is None else float(scale)
+
+
+def _mask_blocks(mask: Any, q: jax.Array, k: jax.Array, block: int) -> Any:
+    if mask is None:
+        return None
+    full = jnp.broadcast_to(mask, (*q.shape[:-1], k.shape[-2]))
+    return _blocks(full, block)
+
+
+@defop(static=("causal", "scale", "block"), constant=("mask",), check=_check_attention, examples=_attention_examples)
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: Any = None, causal: bool = False, scale: Any = None,
+    block: int = 128,
+) -> jax.Array:
+    r"""``softmax(q @ k^T * scale) @ v`` over the last two axes; ``q`` (..., T_q, d), ``k`` (..., T_k, d),
+    ``v`` (..., T_k, d_v), heads as leading axes. ``scale`` defaults to ``1 / sqrt(d)``; ``mask`` is
+    boolean, broadcastable to (..., T_q, T_k), True = attend (a constant argument); ``causal=True``
+    lets query ``i`` attend keys ``j <= i``. ``block`` (static): queries per block in the forward and
+    backward passes.
+
+    **Fully masked rows** (a query that may attend no key) give an output row of zeros and zero
+    gradients, in the reference and in the hand-written rules alike (not NaN, not an error: a
+    padded position in a batch of sequences is such a row, and its loss is usually masked too).
+
+    Derivation. Per query row, ``s = q k^T c`` (``c`` the scale; masked entries ``-inf``), ``p =
+    softmax(s)``, ``o = p v``. With ``dO = g``:
+
+    * ``dv = p^T dO`` and ``dp = dO v^T``;
+    * softmax's VJP: ``ds_j = p_j (dp_j - sum_l p_l dp_l)``, and ``sum_l p_l dp_l = sum_l p_l
+      (dO . v_l) = dO . o``, so ``ds = p * (dp - D)`` with ``D = rowsum(dO * o)``: one number per
+      row, from the saved output, no T_k-long sum needed;
+    * ``dq = ds k c`` and ``dk = ds^T q c``.
+
+    Memory. The forward saves ``q, k, v, o`` and each row's log-sum-exp ``L = m + log(sum_j
+    exp(s_j - m))`` (``m`` the row max), and nothing of size T_q x T_k. The backward runs over
+    blocks of ``block`` queries (``lax.scan``): it recomputes ``s`` for the block, ``p = exp(s - L)``
+    exactly, and ``ds``; it adds the block's share to ``dk`` and ``dv`` (scan carries) and emits its
+    ``dq`` rows. Peak extra memory is O(block x T_k) per head instead of O(T_q x T_k). The forward
+    runs over the same blocks (each block's softmax needs all of T_k, so no online rescaling is
+    needed across query blocks). A fully masked row has ``L = 0`` stored and every ``s = -inf``,
+    so its ``p`` is 0 and so are its output and cotangents.
+    """
+    c = _scale(q, scale)
+    t_q, t_k = q.shape[-2], k.shape[-2]
+    allow = mask
+    if causal:
+        tri = jnp.arange(t_k)[None, :] <= jnp.arange(t_q)[:, None]
+        allow = tri if allow is None else allow & tri
+    s = jnp.einsum("...qd,...kd->...qk", q, k) * c
+    if allow is not None:
+        s = jnp.where(allow, s, -jnp.inf)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    e = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    return jnp.einsum("...qk,...kd->...qd", e / jnp.where(total > 0, total, 1.0), v)
+
+
+def attention_fwd(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: Any = None, causal: bool = False, scale: Any = None,
+    block: int = 128,
+) -> tuple[jax.Array, tuple]:
+    c, t_k = _scale(q, scale), k.shape[-2]
+
+    def one_block(i, q_b, mask_b):
+        s = _scores(q_b, k, _allowed(mask_b, i, block, t_k, causal), c)
+        m = jnp.max(s, axis=-1, keepdims=True)
+        m = jnp.where(jnp.isfinite(m), m, 0.0)
+        e = jnp.exp(s - m)
+        total = jnp.sum(e, axis=-1, keepdims=True)
+        o = jnp.einsum("...qk,...kd->...qd", e, v) / jnp.where(total > 0, total, 1.0)
+        return o, jnp.where(total > 0, m + jnp.log(jnp.where(total > 0, total, 1.0)), 0.0)
+
+    q_b, mask_b = _blocks(q, block), _mask_blocks(mask, q, k, block)
+    n = q_b.shape[0]
+    o_b, lse_b = lax.map(lambda a: one_block(*a), (jnp.arange(n), q_b, mask_b))
+    o, lse = _unblocks(o_b, q.shape[-2]), _unblocks(lse_b, q.shape[-2])
+    return o, (q, k, v, mask, o, lse)
+
+
+def attention_bwd(
+    res: tuple, g: jax.Array, causal: bool = False, scale: Any = None, block: int = 128
+) -> tuple[jax.Array, jax.Array, jax.Array, None]:
+    q, k, v, mask, o, lse = res
+    c, t_k = _scale(q, scale), k.shape[-2]
+    big_d = jnp.sum(g * o, axis=-1, keepdims=True)  # D = rowsum(dO * O)
+
+    def one_block(carry, a):
+        dk, dv = carry
+        i, q_b, g_b, lse_b, d_b, mask_b = a
+        s = _scores(q_b, k, _allowed(mask_b, i, block, t_k, causal), c)
+        p = jnp.exp(s - lse_b)  # the forward's probabilities, exactly; 0 where masked
+        dp = jnp.einsum("...qe,...ke->...qk", g_b, v)
+        ds = p * (dp - d_b)
+        dq_b = jnp.einsum("...qk,...kd->...qd", ds, k) * c
+        dk = dk + jnp.einsum("...qk,...qd->...kd", ds, q_b) * c
+        dv = dv + jnp.einsum("...qk,...qe->...ke", p, g_b)
+        return (dk, dv), dq_b
+
+    xs = (_blocks(q, block), _blocks(g, block), _blocks(lse, block), _blocks(big_d, block),
+          _mask_blocks(mask, q, k, block))
+    n = xs[0].shape[0]
+    init = (jnp.zeros(k.shape, jnp.result_type(q, k, g)), jnp.zeros(v.shape, jnp.result_type(v, g)))
+    (dk, dv), dq_b = lax.scan(one_block, init, (jnp.arange(n), *xs))
+    return _unblocks(dq_b, q.shape[-2]), dk, dv, None
+
+
+attention.defvjp(attention_fwd, attention_bwd)
