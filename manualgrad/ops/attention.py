@@ -116,13 +116,14 @@ def attention(
     padded position in a batch of sequences is such a row, and its loss is usually masked too).
 
     Derivation. Per query row, ``s = q k^T c`` (``c`` the scale; masked entries ``-inf``), ``p =
-    softmax(s)``, ``o = p v``. With ``dO = g``:
+    softmax(s)``, ``o = p v``. With ``g = o_bar`` (FlashAttention's ``dO``):
 
-    * ``dv = p^T dO`` and ``dp = dO v^T``;
-    * softmax's VJP: ``ds_j = p_j (dp_j - sum_l p_l dp_l)``, and ``sum_l p_l dp_l = sum_l p_l
-      (dO . v_l) = dO . o``, so ``ds = p * (dp - D)`` with ``D = rowsum(dO * o)``: one number per
-      row, from the saved output, no T_k-long sum needed;
-    * ``dq = ds k c`` and ``dk = ds^T q c``.
+    * ``v_bar = p^T g`` and ``p_bar = g v^T`` (``dP``);
+    * softmax's VJP: ``s_bar_j = p_j (p_bar_j - sum_l p_l p_bar_l)``, and ``sum_l p_l p_bar_l =
+      sum_l p_l (g . v_l) = g . o``, so ``s_bar = p * (p_bar - D)`` with ``D = rowsum(g * o)``
+      (``dS = P * (dP - rowsum(dO * O))``): one number per row, from the saved output, no
+      T_k-long sum needed;
+    * ``q_bar = s_bar k c`` and ``k_bar = s_bar^T q c``.
 
     Memory. The forward saves ``q, k, v, o`` and each row's log-sum-exp ``L = m + log(sum_j
     exp(s_j - m))`` (``m`` the row max), and nothing of size T_q x T_k. The backward runs over
