@@ -57,8 +57,8 @@ def _attention_examples(rng: np.random.Generator) -> list[Example]:
     mask[3, :2] = False
     return [
         Example(qkv((2,), 5, 4, 3, 2), {"block": 2}),  # 3 blocks, the last one padded
-        Example((*qkv((1, 2), 4, 4, 3, 3), None), {"causal": True, "block": 3}),
-        Example((*qkv((2,), 5, 4, 3, 2), mask), {"scale": 0.7, "block": 4}),
+        # heads as a second leading axis, causal on top of a mask with a fully masked row
+        Example((*qkv((1, 2), 5, 4, 3, 2), mask), {"causal": True, "scale": 0.7, "block": 3}),
     ]
 
 

@@ -135,8 +135,10 @@ def _conv2d_examples(rng: np.random.Generator) -> list[Example]:
         case((2, 5, 6, 4), (3, 3), 2, groups=2, stride=2, padding="SAME"),  # SAME with stride 2, groups 2
         case((2, 3, 3, 2), (2, 3), 4, dilation=(2, 1)),  # the dilated kernel covers the whole image
     ]
-    on_cpu = jax.default_backend() == "cpu"
-    return examples + [Example(e.args, dict(e.params, impl="xla" if on_cpu else "gemm")) for e in examples]
+    # the other formulation on the three examples that hold stride > kernel, unread rows, padding
+    # beyond the kernel, dilation, a batch of one and groups (the suite's time is the limit)
+    other = "xla" if jax.default_backend() == "cpu" else "gemm"
+    return examples + [Example(e.args, dict(e.params, impl=other)) for e in (examples[0], examples[1], examples[3])]
 
 
 @defop(static=("stride", "padding", "dilation", "groups", "impl"), check=_check_conv2d, examples=_conv2d_examples)
