@@ -4,8 +4,9 @@ XLA:CPU allocates each run's temporary buffers afresh. With glibc's defaults a l
 that is freed goes back to the kernel (``munmap``, or a trim of the heap), so the next step
 touches brand-new pages: one page fault and a page of zeroing per 4 KiB, every step. For the
 MNIST CNN at batch 128 (47 MB of XLA temporaries) that was 30% of the step: 65.3 ms with
-glibc's defaults, 45.7 ms with :func:`reuse_freed_memory` (BENCHMARKS.md, CNN speed). :func:`reuse_freed_memory` sets glibc's ``mallopt`` so that freed blocks
-stay in the process: the step then reuses warm pages. The price is memory: the process keeps
+glibc's defaults, 45.7 ms with :func:`reuse_freed_memory` (BENCHMARKS.md, CNN speed), which
+sets glibc's ``mallopt`` so that freed blocks stay in the process: the step then reuses warm
+pages. The price is memory: the process keeps
 up to its high-water mark (plus ``pad``) instead of returning it. This is what the environment
 variables ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_TOP_PAD_`` do, set
 from Python after start-up; other allocators and platforms are left alone.

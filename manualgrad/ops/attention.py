@@ -35,7 +35,6 @@ def _check_attention(
     if mask is not None:
         target = (*np.shape(q)[:-1], np.shape(k)[-2])
         try:
-            np.broadcast_shapes(np.shape(mask), target)
             ok = np.broadcast_shapes(np.shape(mask), target) == target
         except ValueError:
             ok = False
@@ -77,11 +76,10 @@ def _unblocks(xb: jax.Array, t: int) -> jax.Array:
 
 def _allowed(mask_b: Any, i: jax.Array, block: int, t_k: int, causal: bool) -> Any:
     """Which keys each query of block ``i`` attends: the mask's rows and, if causal, keys <= position."""
-    allow = mask_b
-    if causal:
-        rows = i * block + jnp.arange(block)[:, None]
-        allow = (jnp.arange(t_k)[None, :] <= rows) if allow is None else allow & (jnp.arange(t_k)[None, :] <= rows)
-    return allow
+    if not causal:
+        return mask_b
+    before = jnp.arange(t_k)[None, :] <= i * block + jnp.arange(block)[:, None]
+    return before if mask_b is None else mask_b & before
 
 
 def _scores(q_b: jax.Array, k: jax.Array, allow: Any, scale: float) -> jax.Array:
@@ -161,8 +159,10 @@ def attention_fwd(
         m = jnp.where(jnp.isfinite(m), m, 0.0)
         e = jnp.exp(s - m)
         total = jnp.sum(e, axis=-1, keepdims=True)
-        o = jnp.einsum("...qk,...kd->...qd", e, v) / jnp.where(total > 0, total, 1.0)
-        return o, jnp.where(total > 0, m + jnp.log(jnp.where(total > 0, total, 1.0)), 0.0)
+        attends = total > 0  # False for a fully masked row
+        safe = jnp.where(attends, total, 1.0)
+        o = jnp.einsum("...qk,...kd->...qd", e, v) / safe
+        return o, jnp.where(attends, m + jnp.log(safe), 0.0)
 
     q_b, mask_b = _blocks(q, block), _mask_blocks(mask, q, k, block)
     n = q_b.shape[0]

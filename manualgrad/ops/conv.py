@@ -34,14 +34,16 @@ def _int_pair(where: str, name: str, value: Any) -> tuple[int, int]:
 
 class _Geometry(NamedTuple):
     """A convolution's static layout: strides, dilations, explicit pads, dilated kernel extents, and
-    ``unread``: per spatial axis, the trailing rows/columns of the padded input that no window reaches,
-    ``(H + top + bottom - dilated_KH) % stride_h``."""
+    per spatial axis ``unread``, the trailing rows/columns of the padded input that no window reaches,
+    ``(H + top + bottom - dilated_KH) % stride_h``, and ``out``, the output size, the same span ``//
+    stride_h + 1``."""
 
     strides: tuple[int, int]
     dilation: tuple[int, int]
     pads: tuple[tuple[int, int], tuple[int, int]]
     extent: tuple[int, int]
     unread: tuple[int, int]
+    out: tuple[int, int]
 
 
 def _explicit_pads(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]] | None:
@@ -74,8 +76,9 @@ def _geometry(x_shape: tuple, w_shape: tuple, stride: Any, padding: Padding, dil
                 f"padding={padding!r} must be 'VALID', 'SAME', a non-negative int p (p on every side) "
                 "or ((top, bottom), (left, right)) of non-negative ints",
             )
-    unread = tuple((n + lo + hi - e) % s for n, (lo, hi), e, s in zip(x_shape[1:3], pads, extent, strides))
-    return _Geometry(strides, dil, pads, extent, unread)
+    spans = [(n + lo + hi - e, s) for n, (lo, hi), e, s in zip(x_shape[1:3], pads, extent, strides)]
+    unread, out = tuple(span % s for span, s in spans), tuple(span // s + 1 for span, s in spans)
+    return _Geometry(strides, dil, pads, extent, unread, out)
 
 
 def _check_conv2d(
@@ -273,7 +276,7 @@ def _gemm_forward(x: jax.Array, w: jax.Array, geo: _Geometry, groups: int) -> ja
     """``y = sum_{p, q} take(xp, (p d, q d)) @ w[p, q]``: one GEMM per kernel offset (an elementwise
     multiply-add when ``C_in`` is 1), each over every window at once."""
     n, c_out = x.shape[0], w.shape[3]
-    xp, out = _padded(x, geo), _out_size(x.shape, geo)
+    xp, out = _padded(x, geo), geo.out
     y = sum(
         _per_group("nhwgc,cgo->nhwgo", _grouped(windows.take(xp, start, geo.strides, out), groups),
                    _grouped(w[p, q], groups), groups)
@@ -302,12 +305,6 @@ def _gemm_backward(x: jax.Array, w: jax.Array, g: jax.Array, geo: _Geometry, gro
     w_bar = _per_group("mkgc,mgo->kcgo", cols.reshape(m, *cols.shape[3:]), gg.reshape(m, *gg.shape[3:]), groups)
     w_bar = w_bar.reshape(kh, kw, c_group, c_out)
     return x_bar, w_bar
-
-
-def _out_size(x_shape: tuple, geo: _Geometry) -> tuple[int, int]:
-    return tuple(
-        (n + lo + hi - e) // s + 1 for n, (lo, hi), e, s in zip(x_shape[1:3], geo.pads, geo.extent, geo.strides)
-    )
 
 
 #: the formulations of :func:`conv2d`'s forward and backward (``impl``)
