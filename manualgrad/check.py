@@ -467,6 +467,10 @@ class ModelReport:
         return self
 
 
+def _floating(tree: Any) -> bool:
+    return all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in jax.tree_util.tree_leaves(tree))
+
+
 def _subtree(params: Any, path: str) -> Any:
     """The params of the layer at a trace path: ``"2.head1.0"`` is ``params[2][1][0]``."""
     for part in filter(None, path.split(".")):
@@ -507,7 +511,8 @@ def check_model(
             explicit = jax.jit(backprop.value_and_grad(model, loss, trace=True))(p, xs, ys, state=st, key=key)
             value_e, grads_e, tape = explicit[0], explicit[1], explicit[-1]
             entries = tape.entries[:-1]  # the last entry is the loss
-            taps = {e.path: jax.tree_util.tree_map(jnp.zeros_like, e.x) for e in entries}
+            # integer inputs (an Embedding's token ids) have no cotangent: no tap, no dL/dx row
+            taps = {e.path: jax.tree_util.tree_map(jnp.zeros_like, e.x) for e in entries if _floating(e.x)}
 
             def objective(p, taps):
                 with trace.tapping(taps):
@@ -522,14 +527,15 @@ def check_model(
             layers.append(LayerCheck(name, len(entries), "", "loss", (
                 _row("value manual", value_m, value_r, tol), _row("value explicit", value_e, value_r, tol))))
             for i, e in enumerate(entries):
-                rows = [_row("dL/dx manual", taps_m[e.path], taps_r[e.path], tol),
-                        _row("dL/dx explicit", e.x_bar, taps_r[e.path], tol)]
-                if not e.name.startswith("fanout"):
+                rows = [] if e.path not in taps else [
+                    _row("dL/dx manual", taps_m[e.path], taps_r[e.path], tol),
+                    _row("dL/dx explicit", e.x_bar, taps_r[e.path], tol)]
+                if not e.name.startswith(("fanout", "residual")):  # combinators: their layers' rows hold the params
                     ref = _subtree(grads_r, e.path)
                     for (kp, r), m, x_ in zip(jax.tree_util.tree_leaves_with_path(ref),
                                               jax.tree_util.tree_leaves(_subtree(grads_m, e.path)),
                                               jax.tree_util.tree_leaves(_subtree(grads_e, e.path))):
-                        label = "dL/d" + (jax.tree_util.keystr(kp).strip("[]'\"") or "params")
+                        label = "dL/d" + (jax.tree_util.keystr(kp, simple=True, separator=".") or "params")
                         rows += [_row(f"{label} manual", m, r, tol), _row(f"{label} explicit", x_, r, tol)]
                 layers.append(LayerCheck(name, i, e.path, e.name, tuple(rows)))
     return ModelReport(tuple(sorted(layers, key=lambda l: (l.dtype, l.index))))

@@ -62,7 +62,7 @@ def _format_array(a: Any, indent: int) -> str:
 
 def _named_params(params_bar: Any) -> list[tuple[str, Any]]:
     """``[("w", w_bar), ("b", b_bar)]`` for a layer's parameter gradients, in any pytree layout."""
-    return [(jax.tree_util.keystr(path).strip("[]'\"") or "params", leaf)
+    return [(jax.tree_util.keystr(path, simple=True, separator=".") or "params", leaf)
             for path, leaf in jax.tree_util.tree_leaves_with_path(params_bar)]
 
 
@@ -72,7 +72,8 @@ class Trace:
 
     ``print(trace)`` gives one line per layer: its path, name, input and output shapes, and
     the L2 norms of ``y``, ``dL/dy``, ``dL/dx`` and each parameter gradient; a ``fanout``
-    line marks where the branches' input gradients are summed. ``trace.format(arrays=True)``
+    line marks where the branches' input gradients are summed, a ``residual`` line where the
+    skip path's is added to its branch's. ``trace.format(arrays=True)``
     prints every array in full.
     """
 
@@ -100,18 +101,20 @@ class Trace:
         width = max((len(e.path or "-") for e in self.entries), default=1)
         lines = []
         for i, e in enumerate(self.entries):
-            summed = e.name.startswith("fanout")
+            summed = {"fanout": f" (sum of {len(e.y)} branches)" if isinstance(e.y, tuple) else "",
+                      "residual": " (skip + branch)"}.get(e.name.split("(")[0], "")
             head = f"[{i}] {e.path or '-':<{width}}  {e.name}"
             if not arrays:
                 parts = [f"x{_shape(e.x)} -> y{_shape(e.y)}", f"|y|={_norm(e.y)}"]
                 if e.y_bar is not None:
                     parts.append(f"|dL/dy|={_norm(e.y_bar)}")
                 if e.x_bar is not None:
-                    parts.append(f"|dL/dx|={_norm(e.x_bar)}" + (f" (sum of {len(e.y)} branches)" if summed else ""))
+                    parts.append(f"|dL/dx|={_norm(e.x_bar)}" + summed)
                 parts += [f"|dL/d{k}|={_norm(v)}" for k, v in _named_params(e.params_bar)]
                 lines.append(head + "  " + "  ".join(parts))
                 continue
-            lines.append(head + ("  (dL/dx is the sum of the branches' dL/dx)" if summed else ""))
+            lines.append(head + ("  (dL/dx is the sum of the branches' dL/dx)" if e.name.startswith("fanout") else
+                                 "  (dL/dx is the skip path's dL/dy plus the branch's dL/dx)" if summed else ""))
             rows = [("x", e.x), ("y", e.y), ("dL/dy", e.y_bar), ("dL/dx", e.x_bar)]
             rows += [(f"dL/d{k}", v) for k, v in _named_params(e.params_bar)]
             for label, value in rows:
@@ -171,9 +174,10 @@ def scope(label: str) -> Iterator[None]:
 def tap(x: Any) -> Any:
     """``x`` plus this layer's tap while :func:`tapping`; ``x`` itself otherwise."""
     tape = _TAPE.get()
-    if tape is None or tape.taps is None:
+    path = None if tape is None or tape.taps is None else ".".join(tape.path)
+    if path not in (tape.taps if path is not None else {}):  # also: integer ids, which get no tap
         return x
-    return jax.tree_util.tree_map(jnp.add, x, tape.taps[".".join(tape.path)])
+    return jax.tree_util.tree_map(jnp.add, x, tape.taps[path])
 
 
 def record_forward(name: str, x: Any, y: Any) -> int | None:

@@ -20,12 +20,14 @@ KEY = jax.random.key(7)
 
 
 def setup(name, dtype):
-    layer, shape = nn.LAYERS[name]
+    layer, shape, ids = nn.LAYERS[name]
     layer = layer()
     out_shape, params = layer.init(jax.random.key(0), shape)
     state_shape, state = layer.init_state(shape)
-    x = jax.random.normal(jax.random.key(1), shape, jnp.float32)
     cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), t)
+    if ids:  # token ids: no cotangent, compared as x_bar None
+        return layer, out_shape, state_shape, cast(params), cast(state), jax.random.randint(jax.random.key(1), shape, 0, ids)
+    x = jax.random.normal(jax.random.key(1), shape, jnp.float32)
     return layer, out_shape, state_shape, cast(params), cast(state), cast(x)
 
 
@@ -44,6 +46,9 @@ def explicit_and_reference(layer, params, state, x, train_mode):
     @jax.jit
     def reference(params, x):
         with reference_mode():
+            if jnp.issubdtype(x.dtype, jnp.integer):  # ids: params only
+                (y, new_state), vjp = jax.vjp(lambda p: layer.apply(p, x, state=state, key=KEY, train=train_mode), params)
+                return y, new_state, (*vjp((cotangent(y), jax.tree_util.tree_map(jnp.zeros_like, new_state))), None)
             (y, new_state), vjp = jax.vjp(lambda p, x: layer.apply(p, x, state=state, key=KEY, train=train_mode), params, x)
             return y, new_state, vjp((cotangent(y), jax.tree_util.tree_map(jnp.zeros_like, new_state)))
 
@@ -51,7 +56,9 @@ def explicit_and_reference(layer, params, state, x, train_mode):
 
 
 # evaluation differs from training only for these (the others ignore the switch): checked in both
-MODE_DEPENDENT = {"BatchNorm", "BatchNorm-dense", "Dropout", "RandomFlip", "RandomShift", "serial-cnn", "fanout-heads"}
+MODE_DEPENDENT = {
+    "BatchNorm", "BatchNorm-dense", "Dropout", "RandomFlip", "RandomShift", "TransformerBlock", "serial-cnn", "fanout-heads"
+}
 CASES = [(n, True) for n in NAMES] + [(n, False) for n in NAMES if n in MODE_DEPENDENT]
 
 
@@ -213,7 +220,7 @@ def test_state_travels_through_the_scanned_epoch_and_fit():
 def test_check_model_verifies_a_cnn_with_batch_norm_and_dropout():
     from manualgrad import check
 
-    layer, shape = nn.LAYERS["serial-cnn"]
+    layer, shape, _ = nn.LAYERS["serial-cnn"]
     model = layer()
     _, params = model.init(jax.random.key(0), shape)
     _, state = model.init_state(shape)

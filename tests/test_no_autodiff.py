@@ -84,13 +84,34 @@ def every_layer_model():
     return model, loss, as_float64(params), x, y
 
 
-def test_the_model_holds_every_layer_and_every_loss():
+def sequence_model():
+    """Every sequence layer: a transformer language model with dropout, both kinds of positions,
+    an extra bidirectional attention and a residual around a plain layer."""
+    model = nn.serial(
+        nn.TransformerLM(7, 6, width=4, depth=1, heads=2, dropout=0.2),
+        nn.PositionalEmbedding(6, "sinusoidal"),
+        nn.residual(nn.MultiHeadAttention(1, causal=False, block=2), nn.Tanh()),
+    )
+    _, params = model.init(jax.random.PRNGKey(0), (3, 5))
+    rng = np.random.default_rng(1)
+    x, y = jnp.asarray(rng.integers(0, 7, (3, 5))), jnp.asarray(rng.integers(0, 7, (3, 5)))
+    return model, losses.softmax_cross_entropy, as_float64(params), x, y
+
+
+MODELS = [every_layer_model, sequence_model]
+COMPOSITES = {"TransformerBlock", "TransformerLM"}  # serials of the other layers: their parts are traced
+
+
+def test_the_models_hold_every_layer_and_every_loss():
+    names = set()
+    for make in MODELS:
+        model, loss, params, x, y = make()
+        _, _, trace = jax.jit(lambda p, x, y: backprop.value_and_grad(model, loss, trace=True)(p, x, y, key=KEY))(params, x, y)
+        names |= {e.name.split("(")[0] for e in trace}
+    layers = {n for n in nn.__all__ if n[0].isupper() and n not in ("Layer", "LAYERS", "LayerExample")} - COMPOSITES
+    assert layers <= names | {"Linear"}, f"layers missing from the models: {layers - names}"
+    assert {"FromOp", "fanout", "residual"} <= names
     model, loss, params, x, y = every_layer_model()
-    _, _, trace = jax.jit(lambda p, x, y: backprop.value_and_grad(model, loss, trace=True)(p, x, y, key=KEY))(params, x, y)
-    names = {e.name.split("(")[0] for e in trace}
-    layers = {n for n in nn.__all__ if n[0].isupper() and n not in ("Layer", "LAYERS", "LayerExample")}
-    assert layers <= names | {"Linear"}, f"layers missing from the model: {layers - names}"
-    assert {"FromOp", "fanout"} <= names
     used = " ".join(p.name for p in loss.parts)
     for name in [n for n in losses.__all__ if n not in ("scaled", "multitask")]:
         assert f"manualgrad.losses.{name}" in used, f"{name} is missing from the loss"
@@ -125,8 +146,9 @@ def aliased_vjp_pass(model, loss):
     return run
 
 
-def test_the_explicit_pass_over_every_layer_and_loss_uses_no_autodiff():
-    model, loss, params, x, y = every_layer_model()
+@pytest.mark.parametrize("make", MODELS, ids=["vision", "sequence"])
+def test_the_explicit_pass_over_every_layer_and_loss_uses_no_autodiff(make):
+    model, loss, params, x, y = make()
     with no_autodiff("the explicit pass"):
         value, grads = jax.jit(explicit_pass(model, loss))(params, x, y)
         jax.make_jaxpr(lambda p, x, y: train.loss_and_grad(model, loss, "explicit")(p, x, y, key=KEY))(params, x, y)

@@ -25,8 +25,9 @@ from manualgrad.nn.dense import (
     Tanh,
     from_op,
 )
-from manualgrad.nn.layer import Layer, fanout, init_state, primitive, serial, stateless
+from manualgrad.nn.layer import Layer, fanout, init_state, primitive, residual, serial, stateless
 from manualgrad.nn.registry import LAYERS, LayerExample
+from manualgrad.nn.sequence import Embedding, MultiHeadAttention, PositionalEmbedding, TransformerBlock, TransformerLM
 from manualgrad.nn.vision import AvgPool2D, BatchNorm, Conv2D, Dropout, LayerNorm, MaxPool2D
 
 __all__ = [
@@ -56,8 +57,14 @@ __all__ = [
     "Dropout",
     "RandomFlip",
     "RandomShift",
+    "Embedding",
+    "PositionalEmbedding",
+    "MultiHeadAttention",
+    "TransformerBlock",
+    "TransformerLM",
     "serial",
     "fanout",
+    "residual",
     "LAYERS",
     "LayerExample",
 ]

@@ -28,10 +28,11 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from manualgrad import trace
+from manualgrad import ops, trace
 
-__all__ = ["Layer", "primitive", "stateless", "serial", "fanout", "child_key", "init_state", "training_key"]
+__all__ = ["Layer", "primitive", "stateless", "serial", "fanout", "residual", "child_key", "init_state", "training_key"]
 
 
 class Layer(NamedTuple):
@@ -72,6 +73,13 @@ def training_key(key: jax.Array | None, train: bool, what: str) -> bool:
             "to apply/fwd (fit and make_epoch pass one per step), or train=False for evaluation"
         )
     return train
+
+
+def positive_int(name: str, where: str, value: Any) -> int:
+    """``value`` as an int, or a ValueError naming the layer ``where`` and the argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"manualgrad.nn.{where}: {name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _output_shape(init: Callable, input_shape: tuple) -> tuple:
@@ -310,3 +318,39 @@ def fanout(*branches: Layer) -> Layer:
         return tuple(params_bar), x_bar
 
     return _outer(call, fwd, bwd, init, init_states)
+
+
+def residual(*layers: Layer) -> Layer:
+    """A skip connection around ``f = serial(*layers)``: ``y = x + f(x)`` (``f`` keeps the shape).
+
+    Backward: ``x`` reaches ``y`` along two paths, the skip (the identity) and ``f``, so its
+    cotangent is their sum, ``x_bar = y_bar + f.bwd(y_bar)[1]``: the skip path hands ``y_bar``
+    back unchanged, which is why deep residual networks keep their gradients. Params and
+    state are ``f``'s (a tuple, one entry per layer, as :func:`serial`'s). The explicit pass's
+    trace has a ``residual(k)`` entry whose ``dL/dx`` is that sum.
+    """
+    name = f"residual({len(layers)})"
+    body = serial(*layers)
+    call_body, fwd_body = _inner(body)
+
+    def call(params, state, x, key, train):
+        x = trace.tap(x)
+        h, state = call_body(params, state, x, key, train)
+        return ops.add(x, h), state
+
+    def fwd(params, state, x, key, train):
+        slot = trace.record_forward(name, x, None)
+        h, state, res = fwd_body(params, state, x, key, train)
+        y, add_res = ops.add.fwd(x, h)
+        trace.fill_output(slot, y)
+        return y, state, (res, add_res, slot)
+
+    def bwd(res, y_bar):
+        res, add_res, slot = res
+        skip_bar, h_bar = ops.add.bwd(add_res, y_bar)
+        params_bar, x_bar = body.bwd(res, h_bar)
+        x_bar = skip_bar + x_bar
+        trace.record_backward(slot, y_bar, (), x_bar)
+        return params_bar, x_bar
+
+    return _outer(call, fwd, bwd, body.init, body.init_state)

@@ -1,7 +1,7 @@
 """Every layer the library defines, with an input shape: the layer registry the tests walk.
 
-``LAYERS[name]`` is a :class:`LayerExample`: a constructor (called fresh for each check) and an
-input shape (batch axis first). One parametrized test checks each entry's init/apply shape
+``LAYERS[name]`` is a :class:`LayerExample`: a constructor (called fresh for each check), an
+input shape (batch axis first) and, for layers that take token ids, the vocabulary size. One parametrized test checks each entry's init/apply shape
 agreement and its ``bwd`` against ``jax.vjp`` of its ``apply``, in training and evaluation
 mode; add your own layers to it the same way.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from manualgrad.nn import augment, dense, vision
-from manualgrad.nn.layer import Layer, fanout, serial
+from manualgrad.nn import augment, dense, sequence, vision
+from manualgrad.nn.layer import Layer, fanout, residual, serial
 
 __all__ = ["LayerExample", "LAYERS"]
 
@@ -19,6 +19,7 @@ __all__ = ["LayerExample", "LAYERS"]
 class LayerExample(NamedTuple):
     make: Callable[[], Layer]
     input_shape: tuple
+    ids: int = 0  #: > 0: the input is integer ids in [0, ids) (no cotangent); 0: a float input
 
 
 LAYERS: dict[str, LayerExample] = {
@@ -49,6 +50,16 @@ LAYERS: dict[str, LayerExample] = {
     "Dropout": LayerExample(lambda: vision.Dropout(0.4), (3, 5)),
     "RandomFlip": LayerExample(augment.RandomFlip, (6, 3, 4, 2)),
     "RandomShift": LayerExample(lambda: augment.RandomShift(2), (5, 4, 6, 2)),
+    "Embedding": LayerExample(lambda: sequence.Embedding(7, 3), (2, 5), ids=7),
+    "PositionalEmbedding": LayerExample(lambda: sequence.PositionalEmbedding(6), (2, 5, 4)),
+    "PositionalEmbedding-sinusoidal": LayerExample(lambda: sequence.PositionalEmbedding(4, "sinusoidal"), (2, 4, 3)),
+    "MultiHeadAttention": LayerExample(lambda: sequence.MultiHeadAttention(2), (2, 5, 4)),
+    "MultiHeadAttention-bidirectional-blocks": LayerExample(
+        lambda: sequence.MultiHeadAttention(3, causal=False, block=2), (1, 5, 6)
+    ),
+    "TransformerBlock": LayerExample(lambda: sequence.TransformerBlock(4, 2, mlp_ratio=2, dropout=0.2), (2, 3, 4)),
+    "TransformerLM": LayerExample(lambda: sequence.TransformerLM(7, 6, width=4, depth=1, heads=2), (2, 5), ids=7),
+    "residual": LayerExample(lambda: residual(dense.Linear(3), dense.Tanh()), (2, 3)),
     "serial-cnn": LayerExample(
         lambda: serial(
             vision.Conv2D(3, 3, padding=1), vision.BatchNorm(), dense.ReLU(), vision.MaxPool2D(2),

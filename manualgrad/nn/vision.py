@@ -16,7 +16,7 @@ import numpy as np
 
 from manualgrad import ops
 from manualgrad.nn.dense import from_op
-from manualgrad.nn.layer import Layer, primitive, stateless, training_key
+from manualgrad.nn.layer import Layer, positive_int, primitive, stateless, training_key
 
 __all__ = ["Conv2D", "MaxPool2D", "AvgPool2D", "BatchNorm", "LayerNorm", "Dropout"]
 
@@ -25,12 +25,6 @@ def _output_shape(op, input_shape: tuple, *args: Any, **static: Any) -> tuple:
     """The shape ``op`` gives for an input of ``input_shape`` (traced abstractly; validates)."""
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
     return tuple(jax.eval_shape(lambda x, *a: op(x, *a, **static), x, *args).shape)
-
-
-def _positive_int(name: str, where: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"manualgrad.nn.{where}: {name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -54,8 +48,8 @@ def Conv2D(
     (as :func:`Linear`'s default), bias zero.
     """
     name = f"Conv2D({out_channels!r}, {kernel_size!r})"
-    out_channels = _positive_int("out_channels", name, out_channels)
-    kh, kw = (_positive_int("kernel_size", name, k) for k in _pair(kernel_size))
+    out_channels = positive_int("out_channels", name, out_channels)
+    kh, kw = (positive_int("kernel_size", name, k) for k in _pair(kernel_size))
     static = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
 
     def init(key, input_shape):

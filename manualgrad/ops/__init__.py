@@ -16,6 +16,7 @@ from manualgrad.ops.activations import (
     square,
     tanh,
 )
+from manualgrad.ops.add import add
 from manualgrad.ops.attention import attention
 from manualgrad.ops.conv import conv2d
 from manualgrad.ops.dropout import dropout
@@ -24,7 +25,7 @@ from manualgrad.ops.linear import linear
 from manualgrad.ops.norm import batch_norm, layer_norm
 from manualgrad.ops.norm_inference import batch_norm_inference
 from manualgrad.ops.pooling import avg_pool2d, max_pool2d
-from manualgrad.ops.reshape import flatten
+from manualgrad.ops.reshape import flatten, merge_heads, split_heads
 from manualgrad.ops.softmax import log_softmax, softmax
 
 __all__ = [
@@ -41,6 +42,9 @@ __all__ = [
     "softmax",
     "log_softmax",
     "flatten",
+    "split_heads",
+    "merge_heads",
+    "add",
     "conv2d",
     "max_pool2d",
     "avg_pool2d",

@@ -1,4 +1,5 @@
-"""Flattening the feature axes of a batch, with its (trivial) hand-written VJP."""
+"""Reshapes with their (trivial) hand-written VJPs: ``flatten`` of a batch's feature axes, and
+``split_heads``/``merge_heads``, which move attention heads to a leading axis and back."""
 
 from __future__ import annotations
 
@@ -41,3 +42,79 @@ def flatten_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array]:
 
 
 flatten.defvjp(flatten_fwd, flatten_bwd)
+
+
+# -- split_heads / merge_heads ------------------------------------------------------------
+def _check_split_heads(x: jax.Array, heads: int) -> None:
+    if isinstance(heads, bool) or not isinstance(heads, (int, np.integer)) or heads < 1:
+        fail("manualgrad.ops.split_heads", f"heads={heads!r} must be a positive int")
+    if jnp.ndim(x) < 2 or np.shape(x)[-1] % heads:
+        fail("manualgrad.ops.split_heads", f"{describe('x', x)}: x must be (..., T, D) with D divisible by heads={heads}")
+
+
+def _split_heads_examples(rng: np.random.Generator) -> list[Example]:
+    return [Example((rng.normal(size=(2, 3, 6)),), {"heads": 3}), Example((rng.normal(size=(4, 2)),), {"heads": 1})]
+
+
+def _split(x: jax.Array, heads: int) -> jax.Array:
+    *lead, t, d = np.shape(x)
+    return jnp.swapaxes(jnp.reshape(x, (*lead, t, heads, d // heads)), -3, -2)
+
+
+def _merge(x: jax.Array) -> jax.Array:
+    *lead, h, t, dh = np.shape(x)
+    return jnp.reshape(jnp.swapaxes(x, -3, -2), (*lead, t, h * dh))
+
+
+@defop(static=("heads",), check=_check_split_heads, examples=_split_heads_examples)
+def split_heads(x: jax.Array, heads: int) -> jax.Array:
+    """``(..., T, H * d) -> (..., H, T, d)``: the feature axis cut into ``heads`` slices of ``d``
+    and the head axis moved before the positions (attention's layout: heads as a leading axis).
+
+    ``y[..., h, t, j] = x[..., t, h * d + j]`` only moves entries, so the VJP moves them back:
+    ``x_bar[..., t, h * d + j] = g[..., h, t, j]``, i.e. ``x_bar = merge_heads(g)``. Residual: none.
+    """
+    return _split(x, heads)
+
+
+def split_heads_fwd(x: jax.Array, heads: int) -> tuple[jax.Array, None]:
+    return _split(x, heads), None
+
+
+def split_heads_bwd(res: None, g: jax.Array, heads: int) -> tuple[jax.Array]:
+    return (_merge(g),)
+
+
+split_heads.defvjp(split_heads_fwd, split_heads_bwd)
+
+
+def _check_merge_heads(x: jax.Array) -> None:
+    if jnp.ndim(x) < 3:
+        fail("manualgrad.ops.merge_heads", f"{describe('x', x)}: x must be (..., H, T, d)")
+
+
+def _merge_heads_examples(rng: np.random.Generator) -> list[Example]:
+    return [Example((rng.normal(size=(2, 3, 4, 2)),)), Example((rng.normal(size=(1, 5, 3)),))]
+
+
+@defop(check=_check_merge_heads, examples=_merge_heads_examples)
+def merge_heads(x: jax.Array) -> jax.Array:
+    """``(..., H, T, d) -> (..., T, H * d)``, the inverse of :func:`split_heads`: each position's
+    heads side by side on the feature axis.
+
+    ``y[..., t, h * d + j] = x[..., h, t, j]`` only moves entries, so
+    ``x_bar = split_heads(g, heads=H)`` with ``H = x.shape[-3]``. Residual: ``x``, for its
+    static shape only (as :func:`flatten`'s).
+    """
+    return _merge(x)
+
+
+def merge_heads_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return _merge(x), x
+
+
+def merge_heads_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (_split(g, np.shape(res)[-3]),)
+
+
+merge_heads.defvjp(merge_heads_fwd, merge_heads_bwd)

@@ -1,0 +1,64 @@
+"""Elementwise addition with NumPy broadcasting, and its hand-written VJP (a residual connection,
+a position table added to every sequence of a batch)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from manualgrad.core import Example, defop, describe, fail, same_dtype
+
+_WHERE = "manualgrad.ops.add"
+
+
+def _check_add(x: jax.Array, y: jax.Array) -> None:
+    try:
+        np.broadcast_shapes(np.shape(x), np.shape(y))
+    except ValueError:
+        fail(_WHERE, f"{describe('x', x)} and {describe('y', y)} do not broadcast together")
+    same_dtype(_WHERE, x=x, y=y)
+
+
+def _add_examples(rng: np.random.Generator) -> list[Example]:
+    # equal shapes (a residual), a table added to every sequence, size-1 axes on both sides
+    return [
+        Example((rng.normal(size=(2, 3)), rng.normal(size=(2, 3)))),
+        Example((rng.normal(size=(2, 4, 3)), rng.normal(size=(4, 3)))),
+        Example((rng.normal(size=(3, 1, 2)), rng.normal(size=(1, 4, 1)))),
+    ]
+
+
+def unbroadcast(g: jax.Array, shape: tuple) -> jax.Array:
+    """``g`` summed back to ``shape``: over the leading axes broadcasting added and over the axes
+    where ``shape`` has size 1 (the transpose of broadcasting ``shape`` to ``g.shape``)."""
+    lead = g.ndim - len(shape)
+    stretched = tuple(lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
+    return jnp.sum(g, axis=tuple(range(lead)) + stretched).reshape(shape)
+
+
+@defop(check=_check_add, examples=_add_examples)
+def add(x: jax.Array, y: jax.Array) -> jax.Array:
+    """``x + y`` with broadcasting.
+
+    Derivation. ``z = x + y`` has ``dz/dx = dz/dy = 1`` entrywise, so before broadcasting both
+    cotangents are ``g`` itself. Broadcasting copies an entry of ``x`` to every position of
+    an added or stretched (size-1) axis, and the transpose of a copy is a sum: ``x_bar`` is
+    ``g`` summed over the axes broadcasting added to ``x`` (kept with size 1 where ``x`` had
+    them), and likewise ``y_bar``. A residual connection ``x + f(x)`` gets ``x_bar = g`` on the
+    skip path; a position table ``(T, D)`` added to a batch ``(B, T, D)`` gets
+    ``y_bar = sum_b g[b]``. Residual: ``x`` and ``y``, for their static shapes only.
+    """
+    return x + y
+
+
+def add_fwd(x: jax.Array, y: jax.Array) -> tuple[jax.Array, tuple]:
+    return x + y, (x, y)
+
+
+def add_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, y = res
+    return unbroadcast(g, np.shape(x)), unbroadcast(g, np.shape(y))
+
+
+add.defvjp(add_fwd, add_bwd)
