@@ -38,6 +38,7 @@ __all__ = [
     "GRADS",
     "NonFiniteError",
     "sgd_with_clipping",
+    "adamw_with_clipping",
     "loss_and_grad",
     "make_update",
     "make_train_step",
@@ -93,6 +94,41 @@ def sgd_with_clipping(
         optax.clip_by_global_norm(max_norm),
         *decay,
         optax.sgd(learning_rate, momentum if momentum else None),
+    )
+
+
+def adamw_with_clipping(
+    learning_rate: optax.ScalarOrSchedule,
+    max_norm: float,
+    weight_decay: float = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.99,
+) -> optax.GradientTransformation:
+    """AdamW on the gradient clipped to global norm ``max_norm`` (the transformer recipe).
+
+    ``optax.chain(optax.clip_by_global_norm(max_norm), optax.adamw(learning_rate, b1, b2,
+    weight_decay=weight_decay, mask=...))``: Adam's step on the clipped gradient, then
+    decoupled weight decay ``params -= learning_rate * weight_decay * params`` applied only to
+    leaves with two or more axes (weight matrices, kernels, embedding tables), not to biases
+    and normalisation scales, as GPT-2 and nanoGPT do. ``torch.nn.utils.clip_grad_norm_`` then
+    ``torch.optim.AdamW`` with those parameter groups is the PyTorch equivalent.
+    """
+    where = "manualgrad.train.adamw_with_clipping"
+    if not callable(learning_rate) and not learning_rate > 0:
+        raise ValueError(f"{where}: learning_rate must be > 0, got {learning_rate!r}")
+    if not max_norm > 0:
+        raise ValueError(f"{where}: max_norm must be > 0, got {max_norm!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"{where}: weight_decay must be >= 0, got {weight_decay!r}")
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise ValueError(f"{where}: b1 and b2 must be in [0, 1), got b1={b1!r}, b2={b2!r}")
+
+    def matrices(params):
+        return jax.tree_util.tree_map(lambda a: jnp.ndim(a) >= 2, params)
+
+    return optax.chain(
+        optax.clip_by_global_norm(max_norm),
+        optax.adamw(learning_rate, b1, b2, weight_decay=weight_decay, mask=matrices),
     )
 
 
@@ -425,6 +461,7 @@ def fit(
     on_epoch: Callable[[dict[str, float], Any], None] | None = None,
     state: Any = None,
     scan: bool = True,
+    eval_batch_size: int = 8192,
 ) -> History:
     """Train for ``epochs`` scanned epochs, evaluating on the test split after each.
 
@@ -438,7 +475,8 @@ def fit(
     consumed. The model trains in training mode (step keys from :func:`step_key`) and is
     evaluated in evaluation mode; its ``state`` starts from ``model.init_state`` unless given,
     and travels with params through the epochs, the checkpoints and the result. ``scan``
-    chooses the epoch's form (see :func:`make_epoch`: ``False`` for CNNs on CPU).
+    chooses the epoch's form (see :func:`make_epoch`: ``False`` for CNNs on CPU), and
+    ``eval_batch_size`` :func:`evaluate`'s chunk (smaller for models with large activations).
 
     With ``checkpoint_path``, params, optimizer state and the history are saved atomically
     after every epoch; ``resume=True`` continues from that checkpoint, and the result is
@@ -480,7 +518,7 @@ def fit(
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - start
         check_finite(metrics, epoch)
-        test = evaluate(model, params, x_test, y_test, loss, metric=metric, state=state)
+        test = evaluate(model, params, x_test, y_test, loss, metric=metric, state=state, batch_size=eval_batch_size)
         entry = {
             "epoch": epoch,
             "train_loss": float(np.mean(metrics["loss"])),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from manualgrad import data
-from manualgrad.data import california_housing, fashion_mnist, mnist, source
+from manualgrad.data import california_housing, fashion_mnist, mnist, shakespeare, source
 from tests.conftest import ROOT
 from tests.tiny_data import tiny_cal_housing, tiny_mnist, write_idx
 
@@ -339,3 +339,84 @@ def test_real_fashion_mnist(shared_fashion_mnist, no_network):
                                   as_rows(raw["train-images-idx3-ubyte"], raw["train-labels-idx1-ubyte"]))
     np.testing.assert_array_equal(as_rows(ds.x_test[..., 0], ds.y_test),
                                   as_rows(raw["t10k-images-idx3-ubyte"], raw["t10k-labels-idx1-ubyte"]))
+
+
+# -- Shakespeare: one text file, a character vocabulary, windows of context + 1 ------------
+SHAKESPEARE_MD5 = "cc2dec6a1f819a3bec1ead2e911a2244"  # ../shared/data/README.md
+
+
+def write_text(root, text):
+    folder = root / "shakespeare"
+    folder.mkdir(parents=True)
+    (folder / "shakespeare.txt").write_text(text, encoding="utf-8")
+    return root
+
+
+def test_shakespeare_windows_vocabulary_and_split_in_order(tmp_path, no_network):
+    text = "".join(f"Line {i}: to be, or not to be!\n" for i in range(40))  # 1210 characters
+    root = write_text(tmp_path / "data", text)
+    ds = data.load("shakespeare", root, context=8, seed=3, cache_dir=tmp_path / "cache")
+    vocab = ds.info["vocab"]
+    assert vocab == "".join(sorted(set(text))) and ds.info["source"] == str(root / "shakespeare" / "shakespeare.txt")
+    cut = int(len(text) * 0.9)
+    assert (ds.info["train_chars"], ds.info["test_chars"]) == (cut, len(text) - cut)
+    decode = lambda ids: shakespeare.decode(ids, vocab)
+    # training windows: as many as the text holds back to back, at seeded random starts, y one ahead of x
+    assert ds.x_train.shape == ds.y_train.shape == (cut // 8, 8) and ds.x_train.dtype == np.int32
+    starts = [text.index(decode(x) + decode(y)[-1]) for x, y in zip(ds.x_train, ds.y_train)]
+    assert len(set(starts)) > 1
+    for x, y in zip(ds.x_train, ds.y_train):
+        assert decode(x)[1:] == decode(y)[:-1] and (decode(x) + decode(y)[-1]) in text[:cut]
+    # test windows tile the validation text in order
+    val = text[cut:]
+    assert "".join(decode(x) for x in ds.x_test) == val[: 8 * len(ds.x_test)]
+    assert len(ds.x_test) == (len(val) - 1) // 8
+    np.testing.assert_array_equal(ds.x_test[:, 1:], ds.y_test[:, :-1])
+    again = data.load("shakespeare", root, context=8, seed=3, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(again.x_train, ds.x_train)  # the seed fixes the windows
+    other = data.load("shakespeare", root, context=8, seed=4, cache_dir=tmp_path / "cache")
+    assert not np.array_equal(other.x_train, ds.x_train)
+
+
+def test_shakespeare_errors_say_what_is_wrong(tmp_path, no_network):
+    with pytest.raises(data.MissingDataError, match=r"shakespeare[/\\]shakespeare.txt"):
+        data.load("shakespeare", tmp_path, cache_dir=tmp_path / "cache")
+    root = write_text(tmp_path / "short", "abcdefghij" * 3)
+    with pytest.raises(ValueError, match="the validation text has 3 characters, fewer than one window of context"):
+        data.load("shakespeare", root, context=8, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="context must be a positive integer"):
+        data.load("shakespeare", root, context=0, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"characters not in the vocabulary: \['z'\]"):
+        shakespeare.encode("abz", "ab")
+    with pytest.raises(ValueError, match="do not fit in 10 characters"):
+        shakespeare.windows(np.arange(10), 4, np.array([0, 6]))
+
+
+def test_without_a_data_dir_shakespeare_is_downloaded_from_gutenberg(tmp_path, monkeypatch):
+    monkeypatch.delenv(source.DATA_DIR_ENV, raising=False)
+    builder = source.make_builder(shakespeare.Shakespeare, tmp_path)
+    assert builder.source_dir is None
+    (tmp_path / "pg100.txt").write_text("Sonnet 18\nShall I compare thee to a summer's day?\n" * 3)
+
+    class FakeDownloads:
+        def download(self, url):
+            self.url = url
+            return tmp_path / "pg100.txt"
+
+    dl = FakeDownloads()
+    splits = builder._split_generators(dl)
+    assert dl.url == shakespeare.URL == "https://www.gutenberg.org/cache/epub/100/pg100.txt"
+    chars = np.concatenate([ex["chars"] for _, ex in splits["train"]] + [ex["chars"] for _, ex in splits["test"]])
+    assert "".join(map(chr, chars)) == (tmp_path / "pg100.txt").read_text()
+
+
+def test_real_shakespeare(shared_data, no_network):
+    path = shared_data / "shakespeare" / "shakespeare.txt"
+    if not path.is_file():
+        pytest.skip(f"the real Shakespeare text is absent ({path})")
+    assert hashlib.md5(path.read_bytes()).hexdigest() == SHAKESPEARE_MD5, f"{path} is not the README's text"
+    ds = data.load("shakespeare", shared_data)
+    assert len(ds.info["vocab"]) == 84 and ds.info["train_chars"] + ds.info["test_chars"] == 5_057_282
+    assert ds.info["train_chars"] == int(5_057_282 * 0.9) and ds.x_train.shape == (ds.info["train_chars"] // 128, 128)
+    text = path.read_text()
+    assert shakespeare.decode(ds.x_test[0], ds.info["vocab"]) == text[ds.info["train_chars"] :][:128]

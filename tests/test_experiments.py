@@ -72,7 +72,7 @@ def test_mnist_smoke_run_on_tiny_idx_files(tiny, tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("module", ["mnist", "california_housing", "compare_torch", "worked_examples", "benchmark"])
+@pytest.mark.parametrize("module", ["mnist", "california_housing", "compare_torch", "worked_examples", "benchmark", "shakespeare"])
 def test_every_experiment_answers_help(module):
     # wide enough that each flag's help is one line, so a doubled default shows on one line
     out = run(f"experiments.{module}", "--help", COLUMNS="1000")
@@ -285,3 +285,52 @@ def test_compare_torch_cnn_in_float64_agrees_to_rounding(shared_data, name):
         assert any("dropout off" in n for n in result["notes"])
     else:
         assert result["state_max_abs_diff"] is None and result["notes"] == []
+
+
+# -- shakespeare: a few steps of a tiny transformer on a tiny text -----------------------------
+@pytest.fixture(scope="module")
+def tiny_text(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-text")
+    (root / "shakespeare").mkdir()
+    lines = ["To be, or not to be, that is the question:\n", "Whether 'tis nobler in the mind to suffer\n"]
+    (root / "shakespeare" / "shakespeare.txt").write_text("".join(lines[i % 2] for i in range(60)))
+    return root
+
+
+TINY_LM = ["--context", "16", "--width", "16", "--depth", "1", "--heads", "2", "--batch-size", "16", "--warmup-steps", "2",
+           "--sample-chars", "40", "--no-progress"]
+
+
+def shakespeare_main(tiny_text, out, *flags):
+    from experiments import shakespeare
+
+    assert shakespeare.main(["--data-dir", str(tiny_text), "--out", str(out), *TINY_LM, *map(str, flags)]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_shakespeare_writes_metrics_curves_sample_and_trains_alike_with_every_gradient(tiny_text, tmp_path):
+    runs = {g: shakespeare_main(tiny_text, tmp_path / g, "--epochs", 2, "--grad", g) for g in ("manual", "explicit", "reference")}
+    m = runs["manual"]
+    assert m["test"]["bits_per_char"] == pytest.approx(m["test"]["loss"] / np.log(2))
+    assert m["epochs"][-1]["test_loss"] < m["epochs"][0]["test_loss"] < np.log(m["config"]["vocab_size"])  # it learns
+    assert (tmp_path / "manual" / "curves.png").stat().st_size > 10_000
+    sample = (tmp_path / "manual" / "sample.txt").read_text()
+    assert len(sample) == 41 and sample[0] == "\n" and set(sample) <= set((tiny_text / "shakespeare" / "shakespeare.txt").read_text())
+    for g in ("explicit", "reference"):  # the same curve from each source of gradients
+        np.testing.assert_allclose(np.concatenate(runs[g]["step_loss"]), np.concatenate(m["step_loss"]), rtol=2e-4)
+
+
+def test_shakespeare_resume_is_bit_identical_and_bad_flags_are_refused(tiny_text, tmp_path, capsys):
+    from experiments import shakespeare
+
+    full = shakespeare_main(tiny_text, tmp_path / "full", "--epochs", 2)
+    shakespeare_main(tiny_text, tmp_path / "split", "--epochs", 1, "--decay-epochs", 2)
+    split = shakespeare_main(tiny_text, tmp_path / "split", "--epochs", 2, "--resume")
+    assert without_timing(full["epochs"]) == without_timing(split["epochs"])
+    assert (tmp_path / "full" / "sample.txt").read_text() == (tmp_path / "split" / "sample.txt").read_text()
+    for flags, message in [(["--heads", "3"], "--heads 3 must divide --width 16"), (["--limit", "4"], "--limit 4 must be at least")]:
+        with pytest.raises(SystemExit) as e:
+            shakespeare.main(["--data-dir", str(tiny_text), "--out", str(tmp_path / "bad"), *TINY_LM, *flags])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert shakespeare.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "bad"), *TINY_LM]) == 1
+    assert "shakespeare.txt" in capsys.readouterr().err

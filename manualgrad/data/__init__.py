@@ -1,13 +1,13 @@
 """Datasets through TensorFlow Datasets, without TensorFlow, and batching.
 
-``load("mnist" | "fashion_mnist" | "california_housing", data_dir=None)`` returns a
-:class:`Dataset` of NumPy arrays. The data folder is ``data_dir``, else
+``load("mnist" | "fashion_mnist" | "california_housing" | "shakespeare", data_dir=None)``
+returns a :class:`Dataset` of NumPy arrays (for ``shakespeare``, windows of character ids). The data folder is ``data_dir``, else
 ``$MANUALGRAD_DATA_DIR``, else the dataset's online source; see :mod:`manualgrad.data.source`
 for the layout and the cache.
 
 Only the loaders need ``tensorflow_datasets`` (the ``data`` extra): they are imported on
 first use (``load``, ``load_mnist``, ``load_fashion_mnist``, ``load_california_housing``,
-``LOADERS``), so :class:`Dataset`, :class:`Batches` and :class:`MissingDataError` work
+``load_shakespeare``, ``LOADERS``), so :class:`Dataset`, :class:`Batches` and :class:`MissingDataError` work
 without it.
 """
 
@@ -25,6 +25,7 @@ __all__ = [
     "load_mnist",
     "load_fashion_mnist",
     "load_california_housing",
+    "load_shakespeare",
     "Batches",
     "Dataset",
     "MissingDataError",
@@ -34,7 +35,7 @@ __all__ = [
     "NAMES",
 ]
 
-NAMES = ("mnist", "fashion_mnist", "california_housing")
+NAMES = ("mnist", "fashion_mnist", "california_housing", "shakespeare")
 
 
 def _loaders() -> dict[str, Callable[..., Dataset]]:
@@ -42,13 +43,15 @@ def _loaders() -> dict[str, Callable[..., Dataset]]:
     from manualgrad.data.california_housing import load_california_housing
     from manualgrad.data.fashion_mnist import load_fashion_mnist
     from manualgrad.data.mnist import load_mnist
+    from manualgrad.data.shakespeare import load_shakespeare
 
-    return {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "california_housing": load_california_housing}
+    return {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "california_housing": load_california_housing,
+            "shakespeare": load_shakespeare}
 
 
 def __getattr__(name: str) -> Any:
     """``LOADERS``, ``load_<name>`` for each of :data:`NAMES` and the TFDS-backed submodules
-    (``source``, ``mnist``, ``fashion_mnist``, ``california_housing``), imported on first use (PEP 562)."""
+    (``source``, ``mnist``, ``fashion_mnist``, ``california_housing``, ``shakespeare``), imported on first use (PEP 562)."""
     if name == "LOADERS" or name in {f"load_{n}" for n in NAMES}:
         loaders = _loaders()
         globals().update(LOADERS=loaders, **{f"load_{n}": loader for n, loader in loaders.items()})
@@ -62,8 +65,11 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load the dataset ``name`` (one of :data:`NAMES`) from ``data_dir``, ``$MANUALGRAD_DATA_DIR`` or online."""
+def load(
+    name: str, data_dir: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None, **options: Any
+) -> Dataset:
+    """Load the dataset ``name`` (one of :data:`NAMES`) from ``data_dir``, ``$MANUALGRAD_DATA_DIR`` or
+    online; ``options`` go to its loader (``shakespeare``: ``context``, ``seed``)."""
     if name not in NAMES:
         raise ValueError(f"manualgrad.data.load: name must be one of {NAMES}, got {name!r}")
-    return _loaders()[name](data_dir, cache_dir=cache_dir)
+    return _loaders()[name](data_dir, cache_dir=cache_dir, **options)
