@@ -10,7 +10,10 @@ times drift on a shared machine:
   rate, counting only the step's matrix-product FLOPs;
 * a whole MNIST-sized epoch (60000 examples) as one scanned call (:func:`manualgrad.train.make_epoch`)
   against a Python loop over the jitted step;
-* the compiled step's temporary memory from XLA's memory analysis.
+* the compiled step's temporary memory from XLA's memory analysis;
+* attention alone at contexts 512, 2048 and 8192 (hand-written blockwise backward against
+  ``jax.grad`` of plain softmax attention) and the Shakespeare transformer's train step at
+  contexts 128 and 256 (:mod:`experiments.benchmark_sequence`).
 
 Timing: every implementation is warmed up, then the implementations take turns (in a rotated
 order) running blocks of steps for ``--rounds`` rounds; a row's time is the median over rounds.
@@ -37,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from experiments import benchmark_sequence as sequence
 from experiments import common
 from manualgrad import malloc, train
 
@@ -416,7 +420,8 @@ def device_description() -> str:
 def benchmark(configs: Sequence[Config] = CONFIGS, *, rounds: int = 9, block_seconds: float = 0.2,
               epoch_batches: Sequence[int] = EPOCH_BATCHES, epoch_repeats: int = 5,
               epoch_examples: int = EPOCH_EXAMPLES, with_torch: bool = True,
-              progress: Callable[[str], None] = lambda s: None, reuse_memory: bool = False) -> dict:
+              progress: Callable[[str], None] = lambda s: None, reuse_memory: bool = False,
+              attention_t: Sequence[int] = sequence.ATTENTION_T, transformer_t: Sequence[int] = sequence.TRANSFORMER_T) -> dict:
     """Run every measurement; return the ``benchmark.json`` document."""
     progress(f"large GEMM ({PEAK_SIZE}^3 float32)")
     peak = peak_gflops(rounds, block_seconds)
@@ -428,6 +433,16 @@ def benchmark(configs: Sequence[Config] = CONFIGS, *, rounds: int = 9, block_sec
     for batch in sorted({c.batch for c in configs if c.is_cnn}):
         progress(f"CNN layers batch {batch}")
         layers += layer_rows(batch, rounds, block_seconds)
+    for t in attention_t:
+        progress(f"attention T={t}")
+        # a step at T=8192 takes seconds: fewer rounds, one call per block
+        long = t >= 8192
+        rows += sequence.attention_rows(t, lambda r: time_interleaved(r, min(rounds, 3) if long else rounds,
+                                                                      None if long else block_seconds),
+                                        temp_bytes, repeat_call)
+    for t in transformer_t:
+        progress(f"transformer train step T={t}")
+        rows += sequence.transformer_rows(t, lambda r: time_interleaved(r, rounds, block_seconds), with_torch)
     epochs = []
     for batch in epoch_batches:
         progress(f"epoch {common.MNIST.architecture} batch {batch}")
@@ -472,7 +487,7 @@ def label(key: tuple[str, int]) -> str:
 def targets(result: dict) -> list[tuple[str, str, bool]]:
     """The issue's targets: (what, measured, met)."""
     r = ratios(result)
-    mlp = {k: v for k, v in r.items() if not k[0].startswith("cnn")}
+    mlp = {k: v for k, v in r.items() if not k[0].startswith(("cnn", "attention", "transformer"))}
     cnn = {k: v for k, v in r.items() if k[0].startswith("cnn")}
     manual_over_ref = {k: 1 / v["reference"] for k, v in mlp.items()}
     checks = []
@@ -487,10 +502,28 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
         need = 0.60 if batch == 128 else 1.05
         checks.append((f"CNN manual / reference at {label((model, batch))} <= {need:.2f}", f"{1 / v['reference']:.3f}",
                        1 / v["reference"] <= need))
-    checks.append(("explicit / manual, every config <= 1.10",
-                   ", ".join(f"{label(k)} {v['explicit']:.3f}" for k, v in r.items()), max(v["explicit"] for v in r.values()) <= 1.10))
+    temps = {(row["model"], row["batch"], row["impl"]): row["temp_bytes"] for row in result["rows"]}
     for (model, batch), v in r.items():
-        if "torch" in v:
+        if model.startswith("attention"):
+            t = int(model.split("-T")[1])
+            need = 1.3 if t <= 512 else 1.0
+            checks.append((f"attention manual / reference time at T={t} <= {need}", f"{1 / v['reference']:.3f}",
+                           1 / v["reference"] <= need))
+            if t >= 2048:
+                m, ref = temps[(model, batch, "manual")], temps[(model, batch, "reference")]
+                checks.append((f"attention manual temp bytes <= 1/8 of reference at T={t}",
+                               f"{m:,} vs {ref:,} ({ref / m:.0f}x less)", m * 8 <= ref))
+        if model.startswith("transformer"):
+            checks.append((f"transformer manual / reference at {label((model, batch))} <= 1.05",
+                           f"{1 / v['reference']:.3f}", 1 / v["reference"] <= 1.05))
+    with_explicit = {k: v for k, v in r.items() if "explicit" in v}
+    checks.append(("explicit / manual, every config <= 1.10",
+                   ", ".join(f"{label(k)} {v['explicit']:.3f}" for k, v in with_explicit.items()),
+                   max(v["explicit"] for v in with_explicit.values()) <= 1.10))
+    for (model, batch), v in r.items():
+        if "torch" in v and model.startswith("transformer"):
+            checks.append((f"torch / manual at {label((model, batch))} (reported, no target)", f"{v['torch']:.2f}", True))
+        elif "torch" in v:
             need = 0.8 if model.startswith("cnn") else 1.5 if batch >= 256 else 1.1
             checks.append((f"torch / manual at {label((model, batch))} >= {need}", f"{v['torch']:.2f}", v["torch"] >= need))
     for row in result["epochs"]:
@@ -498,9 +531,8 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
             need = 0.60 if row["batch"] <= 128 else 0.75
             checks.append((f"scanned epoch, batch {row['batch']}: fraction of GEMM peak >= {need:.2f}",
                            f"{row['fraction_of_peak']:.3f}", row["fraction_of_peak"] >= need))
-    temps = {(row["model"], row["batch"], row["impl"]): row["temp_bytes"] for row in result["rows"]}
     for row in result["rows"]:
-        if row["impl"] == "manual" and row["temp_bytes"] is not None:
+        if row["impl"] == "manual" and row["temp_bytes"] is not None and not row["model"].startswith("attention"):
             ref = temps[(row["model"], row["batch"], "reference")]
             checks.append((f"temp bytes manual <= reference at {row['model']}@{row['batch']}",
                            f"{row['temp_bytes']} vs {ref}", row["temp_bytes"] <= ref))
@@ -575,7 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch rows")
     p.add_argument("--quick", action="store_true",
                    help="smoke run (seconds): the California Housing config, a 4096-example epoch, one short round")
-    p.add_argument("--only", choices=("mlp", "cnn"), default=None, help="only the MLP or only the CNN configs (default: all)")
+    p.add_argument("--only", choices=("mlp", "cnn", "sequence"), default=None,
+                   help="only the MLP, the CNN or the sequence (attention, transformer) rows (default: all)")
     p.add_argument("--malloc-defaults", action="store_true",
                    help="measure with glibc's malloc as it starts, without manualgrad.malloc.reuse_freed_memory() "
                         "(every framework in the process, PyTorch too, runs with the same setting)")
@@ -584,16 +617,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--rounds and --epoch-repeats must be >= 1 and --block-seconds > 0")
     reuse_memory = False if args.malloc_defaults else malloc.reuse_freed_memory()
     configs, epoch_batches, epoch_examples = CONFIGS, EPOCH_BATCHES, EPOCH_EXAMPLES
+    attention_t, transformer_t = sequence.ATTENTION_T, sequence.TRANSFORMER_T
     if args.only:
-        configs = tuple(c for c in configs if c.is_cnn == (args.only == "cnn"))
-        epoch_batches = () if args.only == "cnn" else epoch_batches
+        configs = () if args.only == "sequence" else tuple(c for c in configs if c.is_cnn == (args.only == "cnn"))
+        epoch_batches = epoch_batches if args.only == "mlp" else ()
+        attention_t, transformer_t = (attention_t, transformer_t) if args.only == "sequence" else ((), ())
     if args.quick:
         configs, epoch_batches, epoch_examples = (SMALL,), (1024,), 4096
+        attention_t, transformer_t = (256,), ()
         args.rounds, args.block_seconds, args.epoch_repeats = 1, 0.01, 1
     result = benchmark(
         configs, rounds=args.rounds, block_seconds=args.block_seconds, epoch_batches=epoch_batches,
         epoch_repeats=args.epoch_repeats, epoch_examples=epoch_examples, with_torch=not args.no_torch,
         progress=lambda s: print(f"measuring {s}", file=sys.stderr, flush=True), reuse_memory=reuse_memory,
+        attention_t=attention_t, transformer_t=transformer_t,
     )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -71,13 +71,34 @@ def test_cnn_flops_count_the_convolutions():
     assert benchmark.Config(benchmark.CNN, 1).matmul_flops() == 3 * sum(fwd) - fwd[0]
 
 
+def test_sequence_targets_are_the_sequence_issues():
+    def row(model, impl, ms, temp):
+        return {"model": model, "batch": 1, "impl": impl, "step_ms": ms, "gflops": 1.0, "temp_bytes": temp}
+
+    rows = [row("attention-T512", "manual", 12.0, 10), row("attention-T512", "reference", 10.0, 100),
+            row("attention-T2048", "manual", 150.0, 17), row("attention-T2048", "reference", 440.0, 335),
+            row("transformer-T128", "manual", 100.0, 5), row("transformer-T128", "reference", 97.0, 6),
+            row("transformer-T128", "explicit", 101.0, 5), row("transformer-T128", "torch", 80.0, None)]
+    met = {what: ok for what, _, ok in benchmark.targets({"rows": rows, "epochs": []})}
+    assert met["attention manual / reference time at T=512 <= 1.3"] and met["attention manual / reference time at T=2048 <= 1.0"]
+    assert met["attention manual temp bytes <= 1/8 of reference at T=2048"]
+    assert met["transformer manual / reference at transformer-T128@1 <= 1.05"]
+    assert met["explicit / manual, every config <= 1.10"] and not any(what.startswith(("MLP", "CNN")) for what in met)
+    rows[3] = row("attention-T2048", "reference", 140.0, 100)  # slower than the reference, and only 6x less memory
+    met = {what: ok for what, _, ok in benchmark.targets({"rows": rows, "epochs": []})}
+    assert not met["attention manual / reference time at T=2048 <= 1.0"]
+    assert not met["attention manual temp bytes <= 1/8 of reference at T=2048"]
+
+
 def test_quick_run_writes_the_json_and_the_report(tmp_path, capsys):
     assert benchmark.main(["--quick", "--no-torch", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "benchmark.json").read_text())
     assert result["device"] and result["gemm_peak_gflops"] > 0
-    assert {r["impl"] for r in result["rows"]} == {"manual", "explicit", "reference", "gemms_only"}
+    mlp = [r for r in result["rows"] if r["model"] == "8-64-64-1"]
+    assert {r["impl"] for r in mlp} == {"manual", "explicit", "reference", "gemms_only"} and {r["batch"] for r in mlp} == {64}
+    attention = [r for r in result["rows"] if r["model"] == "attention-T256"]
+    assert {r["impl"] for r in attention} == {"manual", "reference"} and len(mlp) + len(attention) == len(result["rows"])
     for row in result["rows"]:
-        assert row["model"] == "8-64-64-1" and row["batch"] == 64
         assert row["step_ms"] > 0 and row["gflops"] > 0
         assert isinstance(row["temp_bytes"], int)
     assert {(r["epoch"], r["grad"]) for r in result["epochs"]} == {("scan", "manual"), ("scan", "reference"), ("loop", "manual")}

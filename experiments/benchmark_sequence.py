@@ -1,0 +1,135 @@
+"""The benchmark's sequence rows: attention alone at long contexts, and the transformer train step.
+
+* ``attention-T{T}`` (batch 1, 4 heads, head dim 64, causal): forward + backward of
+  ``sum(attention(q, k, v) * g)`` for q, k and v. ``manual``: :func:`manualgrad.ops.attention`
+  (blockwise forward keeping each row's log-sum-exp, blockwise backward recomputing the
+  probabilities); ``reference``: ``jax.grad`` of plain softmax attention, which keeps the
+  ``(T, T)`` probabilities for the backward pass.
+* ``transformer-T{T}`` (the Shakespeare experiment's model: 4 blocks, 4 heads, width 128, 84
+  characters, batch 32): the train step with AdamW and clipping, per gradient source, and the
+  same step in PyTorch eager with ``F.scaled_dot_product_attention``.
+
+Rows have :mod:`experiments.benchmark`'s layout; its timing helpers time them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from manualgrad import losses, nn, ops, reference_mode, train
+
+ATTENTION_T = (512, 2048, 8192)
+HEADS, HEAD_DIM = 4, 64
+TRANSFORMER_T = (128, 256)
+VOCAB, WIDTH, DEPTH, BATCH = 84, 128, 4, 32
+LR, MAX_NORM, WEIGHT_DECAY = 3e-3, 1.0, 0.1
+
+
+def attention_step(impl: str) -> Callable:
+    """``(q, k, v, g) -> (q_bar, k_bar, v_bar)`` of ``sum(attention(q, k, v, causal=True) * g)``."""
+
+    def f(q, k, v, g):
+        with reference_mode(impl == "reference"):
+            return jax.grad(lambda q, k, v: jnp.sum(ops.attention(q, k, v, causal=True) * g), argnums=(0, 1, 2))(q, k, v)
+
+    return f
+
+
+def attention_flops(t: int) -> int:
+    """The products of forward + backward over the full ``T x T`` score matrix: ``q k^T`` and
+    ``P v`` forward, ``dO v^T``, ``dS k``, ``dS^T q`` and ``P^T dO`` backward (the manual
+    backward also recomputes ``q k^T``, not counted), per head."""
+    return 6 * 2 * HEADS * t * t * HEAD_DIM
+
+
+def attention_rows(t: int, time_them: Callable, temp_bytes: Callable, repeat_call: Callable) -> list[dict]:
+    rng = np.random.default_rng(0)
+    q, k, v, g = (jax.device_put(rng.standard_normal((1, HEADS, t, HEAD_DIM), dtype=np.float32)) for _ in range(4))
+    runners, temps = {}, {}
+    for impl in ("manual", "reference"):
+        compiled = jax.jit(attention_step(impl)).lower(q, k, v, g).compile()
+        runners[impl], temps[impl] = repeat_call(compiled, q, k, v, g), temp_bytes(compiled)
+    seconds = time_them(runners)
+    return [{"model": f"attention-T{t}", "batch": 1, "impl": impl, "step_ms": s * 1e3,
+             "gflops": attention_flops(t) / s / 1e9, "temp_bytes": temps[impl]} for impl, s in seconds.items()]
+
+
+def transformer(t: int) -> nn.Layer:
+    return nn.TransformerLM(VOCAB, t, WIDTH, DEPTH, HEADS)
+
+
+def transformer_flops(t: int) -> int:
+    """Three times the forward's products (forward, and the two products of each backward):
+    per token and block ``2 x 12 D^2`` (q, k, v, o and the 4x MLP) and ``2 x 2 T D`` (scores and
+    values over the full context), and ``2 D V`` for the output layer."""
+    per_token = DEPTH * (24 * WIDTH**2 + 4 * t * WIDTH) + 2 * WIDTH * VOCAB
+    return 3 * BATCH * t * per_token
+
+
+def transformer_batch(t: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, VOCAB, (BATCH, t)).astype(np.int32), rng.integers(0, VOCAB, (BATCH, t)).astype(np.int32)
+
+
+def transformer_step_runner(t: int, grad: str) -> tuple[Callable, int | None]:
+    model = transformer(t)
+    _, params = model.init(jax.random.PRNGKey(0), (BATCH, t))
+    opt = train.adamw_with_clipping(LR, MAX_NORM, WEIGHT_DECAY)
+    batch = tuple(jax.device_put(a) for a in transformer_batch(t))
+    state = [params, opt.init(params)]
+    compiled = train.make_train_step(model, losses.softmax_cross_entropy, opt, grad).lower(*state, batch).compile()
+
+    def run(k: int) -> None:
+        p, s = state
+        for _ in range(k):
+            p, s, _ = compiled(p, s, batch)
+        jax.block_until_ready(p)
+        state[:] = [p, s]
+
+    analysis = compiled.memory_analysis()
+    return run, None if analysis is None else int(analysis.temp_size_in_bytes)
+
+
+def torch_transformer_runner(t: int) -> Callable | None:
+    """The same step in PyTorch eager: zero_grad, forward, cross-entropy, backward, clip_grad_norm_,
+    AdamW with weight decay on the matrices only."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    from experiments.torch_transformer import torch_lm
+
+    _, params = transformer(t).init(jax.random.PRNGKey(0), (BATCH, t))
+    model = torch_lm(jax.device_get(params), HEADS)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}],
+                            lr=LR, betas=(0.9, 0.99))
+    x, y = (torch.tensor(a, dtype=torch.long) for a in transformer_batch(t))
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            opt.zero_grad(set_to_none=True)
+            logits = model(x)
+            torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1)).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+            opt.step()
+
+    return run
+
+
+def transformer_rows(t: int, time_them: Callable, with_torch: bool) -> list[dict]:
+    runners: dict[str, Any] = {}
+    temps: dict[str, Any] = {}
+    for grad in train.GRADS:
+        runners[grad], temps[grad] = transformer_step_runner(t, grad)
+    torch_run = torch_transformer_runner(t) if with_torch else None
+    if torch_run is not None:
+        runners["torch"], temps["torch"] = torch_run, None
+    seconds = time_them(runners)
+    return [{"model": f"transformer-T{t}", "batch": BATCH, "impl": impl, "step_ms": s * 1e3,
+             "gflops": transformer_flops(t) / s / 1e9, "temp_bytes": temps[impl]} for impl, s in seconds.items()]
