@@ -101,11 +101,14 @@ def jax_model(task: common.Task, dropout: bool = False) -> nn.Layer:
 
 def dropout_note(task: common.Task) -> str | None:
     """What ``comparison.json`` says about dropout, for a model that has some."""
-    rates = [arg for kind, arg in cnn_layers(task, dropout=True) if kind == "dropout"] if task.arch == "cnn" else []
+    layers = cnn_layers(task, dropout=True) if task.arch == "cnn" else []
+    rates = [arg for kind, arg in layers if kind == "dropout"]
     if not rates:
         return None
-    return (f"dropout off: the model's Dropout layers (rates {', '.join(f'{r:g}' for r in rates)}) run at rate 0 in "
-            "both frameworks, since their masks cannot match; everything else is the experiment's model")
+    flips = [arg for kind, arg in layers if kind == "flip"]
+    flip = f" and its random horizontal flip (probability {flips[0]:g}) is off" if flips else ""
+    return (f"dropout off: the model's Dropout layers (rates {', '.join(f'{r:g}' for r in rates)}) run at rate 0{flip} in "
+            "both frameworks, since their random draws cannot match; everything else is the experiment's model")
 
 
 def torch_cnn(task: common.Task, params: Any):
@@ -113,7 +116,8 @@ def torch_cnn(task: common.Task, params: Any):
 
     ``Conv2d.weight = w.transpose(3, 2, 0, 1)`` (HWIO to OIHW); ``BatchNorm2d.weight = gamma``,
     ``bias = beta``; before ``Flatten`` the activation goes back to NHWC, so the flattened
-    features are in JAX's order and the dense weights copy as ``w.T``. Dropout has rate 0.
+    features are in JAX's order and the dense weights copy as ``w.T``. Dropout has rate 0 and the
+    random flip is off (an identity).
     """
     import torch
 
@@ -147,6 +151,10 @@ def torch_cnn(task: common.Task, params: Any):
             layers.append(FlattenNHWC())
         elif kind == "dropout":
             layers.append(torch.nn.Dropout(arg))
+        elif kind == "flip":
+            if arg:
+                raise ValueError(f"compare_torch: the twin has no random flip; build it with the flip off, got p={arg}")
+            layers.append(torch.nn.Identity())
         else:
             layers.append(_linear(p))
     return torch.nn.Sequential(*layers)
