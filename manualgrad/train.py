@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from manualgrad import backprop, checkpoint
+from manualgrad import backprop, checkpoint, parallel
 from manualgrad.trees import num_examples, take
 from manualgrad.core import Op, reference_mode
 from manualgrad.nn import Layer
@@ -132,15 +132,40 @@ def adamw_with_clipping(
     )
 
 
-def loss_and_grad(model: Layer, loss: Op, grad: str = "manual") -> Callable[..., tuple]:
+def loss_and_grad(model: Layer, loss: Op, grad: str = "manual", axis_name: str | None = None) -> Callable[..., tuple]:
     """``f(params, x, y, *, state=None, key=None)`` with the gradient from the source ``grad``.
 
     The model runs in training mode. Returns ``(loss_value, grads)``, or ``(loss_value,
     grads, new_state)`` when ``state`` is passed (pass state, get state back); ``key``
     feeds dropout.
+
+    Data parallelism: inside a ``shard_map`` over the mesh axis ``axis_name`` each device
+    holds an equal slice of the batch. Its loss and gradient are the means over its slice,
+    so the whole batch's are their mean over the devices: the gradients are all-reduced by
+    an explicit ``lax.psum(g, axis_name) / devices`` (the textbook picture of data-parallel
+    backprop), and so are the loss and the new layer state (batch norm's running statistics,
+    computed from each device's own slice, are averaged; its batch statistics are per
+    device, as in PyTorch's DistributedDataParallel without SyncBatchNorm). Each device draws
+    its dropout masks from ``fold_in(key, device index)``.
     """
     if grad not in GRADS:
         raise ValueError(f"manualgrad.train: grad must be one of {GRADS}, got {grad!r}")
+    local = _local_loss_and_grad(model, loss, grad)
+    if axis_name is None:
+        return local
+
+    def all_reduced(params, x, y, *, state=None, key=None):
+        if key is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        out = local(params, x, y, state=state, key=key)
+        devices = jax.lax.psum(1, axis_name)
+        return jax.tree_util.tree_map(lambda a: jax.lax.psum(a, axis_name) / devices, out)
+
+    return all_reduced
+
+
+def _local_loss_and_grad(model: Layer, loss: Op, grad: str) -> Callable[..., tuple]:
+    """:func:`loss_and_grad` on one device's batch."""
     if grad == "explicit":
         return backprop.value_and_grad(model, loss)
 
@@ -164,16 +189,16 @@ def loss_and_grad(model: Layer, loss: Op, grad: str = "manual") -> Callable[...,
 
 
 def make_update(
-    model: Layer, loss: Op, optimizer: optax.GradientTransformation, grad: str = "manual"
+    model: Layer, loss: Op, optimizer: optax.GradientTransformation, grad: str = "manual", axis_name: str | None = None
 ) -> Callable[..., tuple]:
     """The pure update ``(params, opt_state, x, y, *, state=None, key=None) -> (params, opt_state, metrics)``,
     with the new state appended, ``(params, opt_state, metrics, state)``, when ``state`` is passed.
 
     ``metrics`` holds the batch ``"loss"`` and the raw gradient's global norm
     ``"grad_norm"`` (before clipping), both scalars. The model runs in training mode
-    (``key`` feeds its dropout layers).
+    (``key`` feeds its dropout layers). ``axis_name``: see :func:`loss_and_grad`.
     """
-    value_and_grad = loss_and_grad(model, loss, grad)
+    value_and_grad = loss_and_grad(model, loss, grad, axis_name)
 
     def update(params, opt_state, x, y, *, state=None, key=None):
         out = value_and_grad(params, x, y, state=state, key=key)
@@ -187,7 +212,7 @@ def make_update(
 
 
 def make_train_step(
-    model: Layer, loss: Op, optimizer: optax.GradientTransformation, grad: str = "manual"
+    model: Layer, loss: Op, optimizer: optax.GradientTransformation, grad: str = "manual", *, mesh: Any = None
 ) -> Callable[[Any, Any, Batch], tuple[Any, Any, dict]]:
     """One jitted, pure train step ``(params, opt_state, (x, y)) -> (params, opt_state, metrics)``.
 
@@ -197,14 +222,42 @@ def make_train_step(
     ``params`` and ``opt_state`` are donated: their buffers are reused for the new values,
     so the arrays passed in must not be used after the call (keep the returned ones).
     ``grad`` is ``"manual"``, ``"explicit"`` or ``"reference"`` (see the module docstring).
+
+    With a ``mesh`` (:func:`manualgrad.parallel.data_mesh`) the step is data-parallel: a
+    ``shard_map`` in which each device runs the update on its rows of the batch (sharded over
+    the mesh's ``"data"`` axis; a batch that does not split evenly is an error) and the
+    gradients are all-reduced by ``lax.psum`` (see :func:`loss_and_grad`). Params, optimiser
+    state, layer state and key are replicated (:func:`manualgrad.parallel.replicate`), and so
+    are the results.
     """
-    update = make_update(model, loss, optimizer, grad)
+    if mesh is None:
+        update = make_update(model, loss, optimizer, grad)
 
-    def step(params, opt_state, batch, state=None, key=None):
+        def step(params, opt_state, batch, state=None, key=None):
+            x, y = batch
+            return update(params, opt_state, x, y, state=state, key=key)
+
+        return jax.jit(step, donate_argnums=(0, 1))
+
+    update = make_update(model, loss, optimizer, grad, parallel.AXIS)
+    rows, whole = jax.sharding.PartitionSpec(parallel.AXIS), jax.sharding.PartitionSpec()
+
+    def per_device(params, opt_state, x, y, state, key):
+        out = update(params, opt_state, x, y, state=state, key=key)
+        return out if state is not None else (*out, None)
+
+    # check_vma=False: JAX does not track which values vary over the devices, so its autodiff
+    # inserts no all-reduce of its own: the gradients' psum is loss_and_grad's, written out
+    mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(whole, whole, rows, rows, whole, whole), out_specs=whole,
+                           check_vma=False)
+
+    def sharded_step(params, opt_state, batch, state=None, key=None):
         x, y = batch
-        return update(params, opt_state, x, y, state=state, key=key)
+        parallel.check_batch(mesh, num_examples("manualgrad.train.step", x=x, y=y), "manualgrad.train.step")
+        out = mapped(params, opt_state, x, y, state, key)
+        return out if state is not None else out[:3]
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(sharded_step, donate_argnums=(0, 1))
 
 
 def epoch_key(key: jax.Array, epoch: int) -> jax.Array:
@@ -236,6 +289,7 @@ def make_epoch(
     grad: str = "manual",
     *,
     scan: bool = True,
+    mesh: Any = None,
 ) -> Callable[..., tuple]:
     """One whole epoch: ``(params, opt_state, x, y, key) -> (params, opt_state, metrics)``,
     or with the model's state ``(params, opt_state, x, y, key, state) -> (params, opt_state, metrics, state)``.
@@ -256,6 +310,14 @@ def make_epoch(
     loop: on XLA:CPU a convolution inside ``lax.scan`` runs ~20x slower than the same
     convolution outside (jax-ml/jax#12868; measured here: a CNN step 82 ms jitted, 1.7 s per
     step scanned). Both forms have ``.lower(...).compile()``, as a jitted function does.
+
+    With a ``mesh`` the epoch calls the data-parallel step of :func:`make_train_step` from a
+    Python loop over the same permutation and keys: ``x`` and ``y`` stay NumPy arrays on the
+    host, and each process gathers only its own rows of each global batch
+    (:func:`manualgrad.parallel.process_rows`), which its devices then train on. The
+    permutation comes from ``key`` alone, so every process, and a single-device run, visit
+    the examples in the same global order. Params, state and key are replicated
+    (:func:`manualgrad.parallel.replicate`).
     """
     if batch_size < 1:
         raise ValueError(f"manualgrad.train.make_epoch: batch_size must be >= 1, got {batch_size}")
@@ -271,6 +333,9 @@ def make_epoch(
         out = update(params, opt_state, take(x, idx), take(y, idx), state=state, key=key)
         return out[0], out[1], (None if state is None else out[3]), out[2]
 
+    if mesh is not None:
+        parallel.check_batch(mesh, batch_size, "manualgrad.train.make_epoch")
+        return _ShardedEpoch(make_train_step(model, loss, optimizer, grad, mesh=mesh), batches_of, mesh, batch_size)
     if not scan:
         return _LoopEpoch(jax.jit(one_step, donate_argnums=(0, 1, 2)), batches_of)
 
@@ -310,6 +375,39 @@ class _LoopEpoch:
             params, opt_state, state, m = step(params, opt_state, state, x, y, batches[i], step_key(key, i))
             metrics.append(m)
         metrics = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *metrics)
+        return (params, opt_state, metrics) if state is None else (params, opt_state, metrics, state)
+
+
+class _ShardedEpoch:
+    """``make_epoch(..., mesh=mesh)``: the data-parallel step called once per global batch, each
+    process feeding its rows of it from the host."""
+
+    def __init__(self, step: Any, batches_of: Callable, mesh: Any, batch_size: int, compiled: Any = None):
+        self._step, self._batches_of, self._mesh, self._batch_size, self._compiled = step, batches_of, mesh, batch_size, compiled
+
+    def _args(self, x, y, key, idx, i):
+        rows = idx[parallel.process_rows(self._mesh, self._batch_size)]
+        batch = parallel.global_batch(self._mesh, take((x, y), rows), self._batch_size)
+        return batch, parallel.replicate(self._mesh, step_key(key, i))
+
+    def lower(self, params, opt_state, x, y, key, state=None) -> "_ShardedEpoch":
+        idx = np.asarray(self._batches_of(x, y, key))
+        batch, k = self._args(x, y, key, idx[0], 0)
+        lowered = self._step.lower(params, opt_state, batch, state, k)
+        return _ShardedEpoch(self._step, self._batches_of, self._mesh, self._batch_size, lowered)
+
+    def compile(self) -> "_ShardedEpoch":
+        return _ShardedEpoch(self._step, self._batches_of, self._mesh, self._batch_size, self._compiled.compile())
+
+    def __call__(self, params, opt_state, x, y, key, state=None):
+        step = self._compiled or self._step
+        idx, metrics = np.asarray(self._batches_of(x, y, key)), []
+        for i in range(idx.shape[0]):
+            batch, k = self._args(x, y, key, idx[i], i)
+            params, opt_state, m, *new_state = step(params, opt_state, batch, state, k)
+            state = new_state[0] if new_state else None
+            metrics.append(parallel.local(m))
+        metrics = jax.tree_util.tree_map(lambda *a: np.stack(a), *metrics)
         return (params, opt_state, metrics) if state is None else (params, opt_state, metrics, state)
 
 
@@ -462,6 +560,7 @@ def fit(
     state: Any = None,
     scan: bool = True,
     eval_batch_size: int = 8192,
+    mesh: Any = None,
 ) -> History:
     """Train for ``epochs`` scanned epochs, evaluating on the test split after each.
 
@@ -478,6 +577,12 @@ def fit(
     chooses the epoch's form (see :func:`make_epoch`: ``False`` for CNNs on CPU), and
     ``eval_batch_size`` :func:`evaluate`'s chunk (smaller for models with large activations).
 
+    ``mesh`` (:func:`manualgrad.parallel.data_mesh`) trains data-parallel over its devices, in
+    one process or several (see :func:`make_epoch`): the data stay on the host and each process
+    feeds its rows of every global batch; the test metrics are computed by every process on its
+    own copy of the params; process 0 alone writes the checkpoint while the others wait, and
+    every process resumes from it. The result's params and state are NumPy copies.
+
     With ``checkpoint_path``, params, optimizer state and the history are saved atomically
     after every epoch; ``resume=True`` continues from that checkpoint, and the result is
     bit-identical (up to the timings) to an uninterrupted run. ``config`` (JSON-serialisable
@@ -490,11 +595,15 @@ def fit(
     """
     history: list[dict[str, float]] = []
     step_losses: list[list[float]] = []
-    x, y, x_test, y_test = jax.tree_util.tree_map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test))
+    # on the device once; with a mesh each process gathers its rows of every batch on the host
+    x, y, x_test, y_test = jax.tree_util.tree_map(np.asarray if mesh is not None else jnp.asarray,
+                                                  (data.x_train, data.y_train, data.x_test, data.y_test))
     if state is None:
         state = init_state(model, (batch_size,) + tuple(jax.tree_util.tree_leaves(x)[0].shape[1:]))[1]
     # copies: the epochs donate their input buffers
     params, state = jax.tree_util.tree_map(jnp.array, (params, state))
+    if mesh is not None:
+        params, state = parallel.replicate(mesh, parallel.local((params, state)))
     opt_state = optimizer.init(params)
     if resume:
         if checkpoint_path is None:
@@ -506,11 +615,17 @@ def fit(
             raise checkpoint.CheckpointError(
                 f"manualgrad.train.fit: {checkpoint_path} was written with other settings ({'; '.join(changed)})"
             )
+        if mesh is not None:
+            params, opt_state, state = parallel.local((params, opt_state, state))
         (params, opt_state, state), meta = checkpoint.load(checkpoint_path, (params, opt_state, state))
+        if mesh is not None:
+            params, opt_state, state = parallel.replicate(mesh, (params, opt_state, state))
         history, step_losses = meta["history"], meta.get("step_losses", [])
     _check_metric(metric, y_test)
     start = time.perf_counter()
-    run_epoch = make_epoch(model, loss, optimizer, batch_size, grad, scan=scan).lower(params, opt_state, x, y, key, state).compile()
+    run_epoch = make_epoch(model, loss, optimizer, batch_size, grad, scan=scan, mesh=mesh)
+    run_epoch = run_epoch.lower(params, opt_state, x, y, key, state).compile()
+    here = parallel.local if mesh is not None else (lambda t: t)
     compile_seconds = time.perf_counter() - start
     for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
@@ -518,7 +633,7 @@ def fit(
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - start
         check_finite(metrics, epoch)
-        test = evaluate(model, params, x_test, y_test, loss, metric=metric, state=state, batch_size=eval_batch_size)
+        test = evaluate(model, here(params), x_test, y_test, loss, metric=metric, state=here(state), batch_size=eval_batch_size)
         entry = {
             "epoch": epoch,
             "train_loss": float(np.mean(metrics["loss"])),
@@ -530,7 +645,12 @@ def fit(
         step_losses.append(np.asarray(metrics["loss"], np.float64).tolist())
         if checkpoint_path is not None:
             meta = {"history": history, "step_losses": step_losses, "config": config}
-            checkpoint.save(checkpoint_path, (params, opt_state, state), meta)
+            if jax.process_index() == 0:  # one writer; the others wait until the file is complete
+                checkpoint.save(checkpoint_path, here((params, opt_state, state)), meta)
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices(f"manualgrad checkpoint, epoch {epoch}")
         if on_epoch is not None:
             on_epoch(entry, params)
-    return History(params, opt_state, history, compile_seconds, step_losses, state)
+    return History(*here((params, opt_state)), history, compile_seconds, step_losses, here(state))

@@ -1,0 +1,123 @@
+"""Data parallelism over the devices of one or several processes, on JAX's own runtime.
+
+A run is a ``Mesh`` with one axis, ``"data"``, over ``devices`` local devices of every process.
+Each global batch is split along it (device ``i`` of the mesh holds rows ``i * b : (i + 1) * b``
+of the batch, ``b = batch / devices``); params, optimiser state and layer state are replicated.
+The train step is a ``shard_map``: every device runs the same hand-written forward and backward
+on its rows, then the gradients are averaged over the devices by an explicit ``lax.psum``
+(:func:`manualgrad.train.loss_and_grad` with ``axis_name``), so each device applies the same
+update and the replicas stay equal.
+
+Processes: :func:`initialize` joins the processes of a multi-process run to JAX's distributed
+runtime (``jax.distributed.initialize``): started by :mod:`manualgrad.launch` it reads the
+coordinator from the environment; under SLURM or Open MPI JAX finds its peers itself. Each
+process feeds only its own rows of each global batch (:func:`global_batch`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+__all__ = [
+    "AXIS", "initialize", "data_mesh", "batch_sharding", "replicated", "check_batch", "process_rows",
+    "global_batch", "replicate", "local", "ENV_COORDINATOR", "ENV_PROCESSES", "ENV_PROCESS_ID",
+]
+
+AXIS = "data"
+ENV_COORDINATOR, ENV_PROCESSES, ENV_PROCESS_ID = "MANUALGRAD_COORDINATOR", "MANUALGRAD_NUM_PROCESSES", "MANUALGRAD_PROCESS_ID"
+_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def initialize(timeout_seconds: int = 60) -> bool:
+    """Join this process to a multi-process run; return whether it is one.
+
+    Started by ``python -m manualgrad.launch`` (the coordinator's address, the number of
+    processes and this one's id are in ``$MANUALGRAD_COORDINATOR``, ``$MANUALGRAD_NUM_PROCESSES``
+    and ``$MANUALGRAD_PROCESS_ID``), or under SLURM / Open MPI with more than one task
+    (``jax.distributed.initialize()`` reads the scheduler's variables). A coordinator that cannot
+    be reached within ``timeout_seconds``, or a peer lost later (JAX's heartbeat, 10 s), ends the
+    process with an error instead of a hang. Call it before anything else touches JAX's devices.
+    """
+    env = os.environ
+    if ENV_COORDINATOR in env:
+        jax.distributed.initialize(
+            env[ENV_COORDINATOR], int(env[ENV_PROCESSES]), int(env[ENV_PROCESS_ID]),
+            initialization_timeout=timeout_seconds, heartbeat_timeout_seconds=10,
+        )
+        return True
+    if any(int(env.get(k, "1")) > 1 for k in _CLUSTER_ENV):
+        jax.distributed.initialize(initialization_timeout=timeout_seconds)
+        return True
+    return False
+
+
+def data_mesh(devices: int | None = None) -> Mesh:
+    """A one-axis mesh (``"data"``) over the first ``devices`` local devices of every process
+    (default: all of them), processes in order."""
+    per_process: dict[int, list] = {}
+    for d in jax.devices():
+        per_process.setdefault(d.process_index, []).append(d)
+    local = len(per_process[jax.process_index()])
+    n = local if devices is None else devices
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= local:
+        raise ValueError(
+            f"manualgrad.parallel.data_mesh: devices must be an int in [1, {local}] (this process has {local} "
+            f"{jax.default_backend()} devices), got {devices!r}"
+        )
+    chosen = [d for p in sorted(per_process) for d in sorted(per_process[p], key=lambda d: d.id)[:n]]
+    return Mesh(np.array(chosen), (AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows split over the mesh's data axis."""
+    return NamedSharding(mesh, P(AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The same whole value on every device."""
+    return NamedSharding(mesh, P())
+
+
+def check_batch(mesh: Mesh, batch_size: int, where: str) -> None:
+    """A global batch must split evenly: every device gets ``batch_size / devices`` rows."""
+    if batch_size % mesh.size:
+        raise ValueError(
+            f"{where}: the global batch of {batch_size} examples does not split evenly over {mesh.size} devices "
+            f"({batch_size} % {mesh.size} = {batch_size % mesh.size}); use a batch size divisible by the device count, "
+            f"e.g. {batch_size - batch_size % mesh.size or mesh.size}"
+        )
+
+
+def process_rows(mesh: Mesh, batch_size: int) -> slice:
+    """The rows of a global batch that this process's devices hold (a contiguous block)."""
+    per_device = batch_size // mesh.size
+    mine = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
+    return slice(mine[0] * per_device, (mine[-1] + 1) * per_device)
+
+
+def global_batch(mesh: Mesh, local_rows: Any, batch_size: int) -> Any:
+    """One global batch (a pytree of arrays) from this process's rows of it (:func:`process_rows`)."""
+    sharding = batch_sharding(mesh)
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a), (batch_size, *np.shape(a)[1:])),
+        local_rows,
+    )
+
+
+def replicate(mesh: Mesh, tree: Any) -> Any:
+    """``tree`` (the same value in every process) replicated on every device of the mesh."""
+    sharding = replicated(mesh)
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a), np.shape(a)), tree
+    )
+
+
+def local(tree: Any) -> Any:
+    """A replicated tree as this process's NumPy arrays (its first device's copy)."""
+    return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)
