@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import optax
 
-from manualgrad import checkpoint, data, losses, malloc, nn, train
+from manualgrad import checkpoint, data, losses, malloc, nn, parallel, train
 from manualgrad.core import Op
 
 CHECKPOINT = "checkpoint.npz"
@@ -270,9 +270,22 @@ def parser(
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples (smoke runs; default: all)")
     if training:
         p.add_argument("--grad", choices=train.GRADS, default="manual", help="where the gradient comes from")
+        add_devices_flag(p)
         p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def add_devices_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", type=int, default=None,
+                   help="local devices each process trains on, data-parallel (default: all; with one device in one "
+                        "process, the plain single-device step)")
+
+
+def mesh_for(devices: int | None) -> Any:
+    """The data-parallel mesh of ``--devices`` over every process, or None for one device in one process."""
+    mesh = parallel.data_mesh(devices)
+    return None if mesh.size == 1 else mesh
 
 
 def fill_task_defaults(task: Task, args: argparse.Namespace, out: str = "runs/{task}") -> None:
@@ -372,8 +385,16 @@ def run(task: Task, args: argparse.Namespace) -> dict:
     reuse_memory = malloc.reuse_freed_memory()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ds = task.load(args.data_dir, args.limit)
+    # process 0 prepares the dataset's cache, the others then read it
+    ds = parallel.one_process_first(lambda: task.load(args.data_dir, args.limit), "load the data")
     check_data(args, len(ds.x_train))
+    try:
+        mesh = mesh_for(args.devices)
+        if mesh is not None:
+            parallel.check_batch(mesh, args.batch_size, "--batch-size")
+    except ValueError as e:
+        raise FlagError(str(e)) from None
+    writer = jax.process_index() == 0  # in a multi-process run one process writes the files
     optimizer = train.sgd_with_clipping(learning_rate(args, len(ds.x_train)), args.max_norm, args.momentum, args.weight_decay)
     config = {
         "task": task.name,
@@ -387,8 +408,10 @@ def run(task: Task, args: argparse.Namespace) -> dict:
         "epoch": "loop" if task.arch == "cnn" and jax.default_backend() == "cpu" else "scan",
         "jax": jax.__version__,
         "reuse_freed_memory": reuse_memory,
+        "devices": 1 if mesh is None else mesh.size,
+        "processes": jax.process_count(),
     }
-    bar = tqdm(total=args.epochs, desc=f"{task.name} ({args.grad})", unit="epoch", disable=args.no_progress)
+    bar = tqdm(total=args.epochs, desc=f"{task.name} ({args.grad})", unit="epoch", disable=args.no_progress or not writer)
 
     def on_epoch(entry: dict, params: Any) -> None:
         bar.n = entry["epoch"]
@@ -410,6 +433,7 @@ def run(task: Task, args: argparse.Namespace) -> dict:
         config={k: config[k] for k in RESUME_MUST_MATCH},
         on_epoch=on_epoch,
         scan=config["epoch"] == "scan",
+        mesh=mesh,
     )
     bar.close()
     last = result.epochs[-1]
@@ -420,12 +444,18 @@ def run(task: Task, args: argparse.Namespace) -> dict:
         "test": {task.metric: last[f"test_{task.metric}"], "loss": last["test_loss"]},
         "step_loss": result.step_losses,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_curves(out / "curves.png", task, result, ds)
+    if writer:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        plot_curves(out / "curves.png", task, result, ds)
     return metrics
 
 
 def main(task: Task, description: str, argv: Sequence[str] | None = None) -> int:
+    try:
+        parallel.initialize()  # a no-op unless started by manualgrad.launch or a cluster scheduler
+    except ConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if task.name in CNN_TASKS:  # --model picks the task variant, whose defaults the other flags take
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
@@ -443,6 +473,7 @@ def main(task: Task, description: str, argv: Sequence[str] | None = None) -> int
     value = metrics["test"][task.metric]
     shown = f"{100 * value:.2f}%" if task.metric == "accuracy" else f"{value:.4f}"
     per_epoch = np.median([r["seconds"] for r in metrics["epochs"]]) if metrics["epochs"] else float("nan")
-    print(f"{task.name} {task.architecture} grad={args.grad}: test {task.metric} {shown} after {len(metrics['epochs'])} epochs "
-          f"({per_epoch:.2f} s/epoch median); wrote {pathlib.Path(args.out) / 'metrics.json'}")
+    if jax.process_index() == 0:
+        print(f"{task.name} {task.architecture} grad={args.grad}: test {task.metric} {shown} after {len(metrics['epochs'])} "
+              f"epochs ({per_epoch:.2f} s/epoch median); wrote {pathlib.Path(args.out) / 'metrics.json'}")
     return 0

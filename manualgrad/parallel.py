@@ -17,6 +17,11 @@ process feeds only its own rows of each global batch (:func:`global_batch`).
 from __future__ import annotations
 
 import os
+import pathlib
+import signal
+import socket
+import sys
+import time
 from typing import Any
 
 import jax
@@ -26,11 +31,12 @@ from jax.sharding import PartitionSpec as P
 
 __all__ = [
     "AXIS", "initialize", "data_mesh", "batch_sharding", "replicated", "check_batch", "process_rows",
-    "global_batch", "replicate", "local", "ENV_COORDINATOR", "ENV_PROCESSES", "ENV_PROCESS_ID",
+    "global_batch", "replicate", "local", "one_process_first", "barrier", "ENV_COORDINATOR", "ENV_PROCESSES", "ENV_PROCESS_ID", "ENV_LAUNCH_DIR",
 ]
 
 AXIS = "data"
 ENV_COORDINATOR, ENV_PROCESSES, ENV_PROCESS_ID = "MANUALGRAD_COORDINATOR", "MANUALGRAD_NUM_PROCESSES", "MANUALGRAD_PROCESS_ID"
+ENV_LAUNCH_DIR = "MANUALGRAD_LAUNCH_DIR"
 _CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
@@ -42,19 +48,50 @@ def initialize(timeout_seconds: int = 60) -> bool:
     and ``$MANUALGRAD_PROCESS_ID``), or under SLURM / Open MPI with more than one task
     (``jax.distributed.initialize()`` reads the scheduler's variables). A coordinator that cannot
     be reached within ``timeout_seconds``, or a peer lost later (JAX's heartbeat, 10 s), ends the
-    process with an error instead of a hang. Call it before anything else touches JAX's devices.
+    process with an error instead of a hang; under the launcher, a lost peer also makes the
+    launcher stop the others, each saying which process was lost. Call it before anything else
+    touches JAX's devices.
     """
     env = os.environ
     if ENV_COORDINATOR in env:
+        if int(env[ENV_PROCESS_ID]) != 0:  # process 0 serves the coordinator; the others must reach it
+            _wait_for(env[ENV_COORDINATOR], timeout_seconds, f"process {env[ENV_PROCESS_ID]} of {env[ENV_PROCESSES]}")
         jax.distributed.initialize(
             env[ENV_COORDINATOR], int(env[ENV_PROCESSES]), int(env[ENV_PROCESS_ID]),
             initialization_timeout=timeout_seconds, heartbeat_timeout_seconds=10,
         )
+        if ENV_LAUNCH_DIR in env:  # after initialize, whose preemption notifier also takes SIGTERM
+            signal.signal(signal.SIGTERM, _stopped_by_launcher)
         return True
     if any(int(env.get(k, "1")) > 1 for k in _CLUSTER_ENV):
         jax.distributed.initialize(initialization_timeout=timeout_seconds)
         return True
     return False
+
+
+def _wait_for(address: str, timeout_seconds: float, who: str) -> None:
+    """Return once ``host:port`` accepts a TCP connection; a ``ConnectionError`` after ``timeout_seconds``."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise ConnectionError(
+                    f"manualgrad.parallel.initialize: {who} cannot reach the coordinator at {address} within "
+                    f"{timeout_seconds} s ({e}); is process 0 running, and is the address right?"
+                ) from None
+            time.sleep(0.2)
+
+
+def _stopped_by_launcher(signum: int, frame: Any) -> None:
+    """SIGTERM from :mod:`manualgrad.launch`: say which process was lost, then exit with status 1."""
+    lost = pathlib.Path(os.environ[ENV_LAUNCH_DIR]) / "lost"
+    reason = lost.read_text() if lost.is_file() else "the launcher stopped the run"
+    print(f"manualgrad: process {os.environ.get(ENV_PROCESS_ID)} stops: {reason}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def data_mesh(devices: int | None = None) -> Mesh:
@@ -121,3 +158,22 @@ def replicate(mesh: Mesh, tree: Any) -> Any:
 def local(tree: Any) -> Any:
     """A replicated tree as this process's NumPy arrays (its first device's copy)."""
     return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)
+
+
+def barrier(name: str) -> None:
+    """Wait until every process of the run gets here (a no-op in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def one_process_first(fn: Any, name: str) -> Any:
+    """``fn()`` in process 0, then, once it is done, in the others: for work that writes a shared
+    cache (preparing a dataset), which the other processes then only read."""
+    if jax.process_index() == 0:
+        out = fn()
+    barrier(f"{name}: process 0 first")
+    if jax.process_index() != 0:
+        out = fn()
+    return out

@@ -647,10 +647,7 @@ def fit(
             meta = {"history": history, "step_losses": step_losses, "config": config}
             if jax.process_index() == 0:  # one writer; the others wait until the file is complete
                 checkpoint.save(checkpoint_path, here((params, opt_state, state)), meta)
-            if jax.process_count() > 1:
-                from jax.experimental import multihost_utils
-
-                multihost_utils.sync_global_devices(f"manualgrad checkpoint, epoch {epoch}")
+            parallel.barrier(f"manualgrad checkpoint, epoch {epoch}")
         if on_epoch is not None:
             on_epoch(entry, params)
     return History(*here((params, opt_state)), history, compile_seconds, step_losses, here(state))
