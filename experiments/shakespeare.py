@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.common import CHECKPOINT, FlagError, HelpFormatter
-from manualgrad import checkpoint, data, losses, malloc, nn, train
+from experiments.common import CHECKPOINT, FlagError, HelpFormatter, add_devices_flag, mesh_for
+from manualgrad import checkpoint, data, losses, malloc, nn, parallel, train
 
 # flags that change the trajectory: --resume refuses a checkpoint written with other values
 RESUME_MUST_MATCH = (
@@ -57,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     opt.add_argument("--seed", type=int, default=0, help="initial weights, training windows and shuffling")
     opt.add_argument("--grad", choices=train.GRADS, default="manual", help="where the gradient comes from")
     opt.add_argument("--limit", type=int, default=None, help="use only the first N training windows (smoke runs)")
+    add_devices_flag(opt)
     io = p.add_argument_group("data and output")
     io.add_argument("--data-dir", default=None,
                     help=f"folder holding shakespeare/shakespeare.txt (default: ${data.DATA_DIR_ENV}, else online)")
@@ -151,11 +152,19 @@ def run(args: argparse.Namespace) -> dict:
     reuse_memory = malloc.reuse_freed_memory()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ds = data.load("shakespeare", args.data_dir, context=args.context, seed=args.seed)
+    ds = parallel.one_process_first(lambda: data.load("shakespeare", args.data_dir, context=args.context, seed=args.seed),
+                                    "load the data")
     if args.limit is not None:
         ds = data.Dataset(ds.name, ds.x_train[: args.limit], ds.y_train[: args.limit], ds.x_test, ds.y_test, ds.info)
     if len(ds.x_train) < args.batch_size:
         raise FlagError(f"the training text makes {len(ds.x_train)} windows, fewer than --batch-size {args.batch_size}")
+    try:
+        mesh = mesh_for(args.devices)
+        if mesh is not None:
+            parallel.check_batch(mesh, args.batch_size, "--batch-size")
+    except ValueError as e:
+        raise FlagError(str(e)) from None
+    writer = jax.process_index() == 0  # in a multi-process run one process writes the files
     vocab = ds.info["vocab"]
     model = model_of(args, len(vocab))
     init_key, shuffle_key, sample_key = jax.random.split(jax.random.PRNGKey(args.seed), 3)
@@ -173,8 +182,10 @@ def run(args: argparse.Namespace) -> dict:
         "device": jax.devices()[0].device_kind,
         "jax": jax.__version__,
         "reuse_freed_memory": reuse_memory,
+        "devices": 1 if mesh is None else mesh.size,
+        "processes": jax.process_count(),
     }
-    bar = tqdm(total=args.epochs, desc=f"shakespeare ({args.grad})", unit="epoch", disable=args.no_progress)
+    bar = tqdm(total=args.epochs, desc=f"shakespeare ({args.grad})", unit="epoch", disable=args.no_progress or not writer)
 
     def on_epoch(entry: dict, params: Any) -> None:
         bar.n = entry["epoch"]
@@ -185,7 +196,7 @@ def run(args: argparse.Namespace) -> dict:
         model, losses.softmax_cross_entropy, optimizer, params, ds,
         epochs=args.epochs, batch_size=args.batch_size, key=shuffle_key, grad=args.grad,
         checkpoint_path=out / CHECKPOINT, resume=args.resume, config={k: config[k] for k in RESUME_MUST_MATCH},
-        on_epoch=on_epoch, eval_batch_size=256,
+        on_epoch=on_epoch, eval_batch_size=256, mesh=mesh,
     )
     bar.close()
     for entry in history.epochs:
@@ -193,7 +204,8 @@ def run(args: argparse.Namespace) -> dict:
     prompt = data.shakespeare.encode(args.prompt, vocab)
     text = data.shakespeare.decode(sample(model, history.params, prompt, args.sample_chars, args.context, sample_key,
                                           args.temperature), vocab)
-    (out / "sample.txt").write_text(args.prompt + text)
+    if writer:
+        (out / "sample.txt").write_text(args.prompt + text)
     last = history.epochs[-1]
     metrics = {
         "config": config,
@@ -203,12 +215,18 @@ def run(args: argparse.Namespace) -> dict:
         "test": {"loss": last["test_loss"], "bits_per_char": last["test_bits_per_char"]},
         "step_loss": history.step_losses,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_curves(out / "curves.png", history)
+    if writer:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        plot_curves(out / "curves.png", history)
     return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        parallel.initialize()  # a no-op unless started by manualgrad.launch or a cluster scheduler
+    except ConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     p = parser()
     args = p.parse_args(argv)
     check_args(p, args)
@@ -219,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (data.MissingDataError, checkpoint.CheckpointError, train.NonFiniteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if jax.process_index() != 0:
+        return 0
     test = metrics["test"]
     per_epoch = np.median([r["seconds"] for r in metrics["epochs"]])
     print(f"shakespeare grad={args.grad}: validation loss {test['loss']:.4f} nats/char ({test['bits_per_char']:.4f} bits/char) "
