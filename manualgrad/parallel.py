@@ -148,11 +148,16 @@ def global_batch(mesh: Mesh, local_rows: Any, batch_size: int) -> Any:
 
 
 def replicate(mesh: Mesh, tree: Any) -> Any:
-    """``tree`` (the same value in every process) replicated on every device of the mesh."""
+    """``tree`` (the same value in every process) replicated on every device of the mesh; typed
+    ``jax.random.key`` arrays stay typed."""
     sharding = replicated(mesh)
-    return jax.tree_util.tree_map(
-        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a), np.shape(a)), tree
-    )
+
+    def one(a):
+        if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(a)), impl=jax.random.key_impl(a))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(a), np.shape(a))
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def local(tree: Any) -> Any:
