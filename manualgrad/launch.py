@@ -8,9 +8,9 @@ localhost, served by process 0), the number of processes and its own id in
 :func:`manualgrad.parallel.initialize` passes to ``jax.distributed.initialize``. On CPU each
 process gets ``K`` devices (``--xla_force_host_platform_device_count``), and the processes talk
 through JAX's CPU collectives (gloo). The launcher waits for all of them: when one exits with
-an error or is killed, it names that process, stops the others (SIGTERM, then SIGKILL after
-``--grace`` seconds) and exits with a non-zero status, so a lost process never leaves the rest
-hanging. On a cluster, run the same module under SLURM (``srun``) or Open MPI (``mpirun``)
+an error or is killed, it names that process and tells the others, which exit saying which
+process was lost (those that do not within ``--grace`` seconds get SIGTERM, then SIGKILL), and
+it exits with a non-zero status, so a lost process never leaves the rest hanging. On a cluster, run the same module under SLURM (``srun``) or Open MPI (``mpirun``)
 instead: ``jax.distributed.initialize()`` finds its peers from the scheduler's variables.
 """
 
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--devices-per-process", type=int, default=1, help="CPU devices each process gets (default: 1)")
     p.add_argument("--port", type=int, default=None, help="coordinator port on localhost (default: a free one)")
     p.add_argument("--grace", type=float, default=10.0,
-                   help="seconds the other processes get to stop after one fails, before SIGKILL (default: 10)")
+                   help="seconds the other processes get to stop after one fails, before SIGTERM and then SIGKILL (default: 10)")
     p.add_argument("-m", dest="module", required=True, help="the module each process runs, as python -m does; "
                    "everything after it is the module's arguments")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -94,8 +94,8 @@ def _run(args: argparse.Namespace, coordinator: str, launch_dir: str) -> int:
             if failed:
                 i, status = failed[0]
                 lost = f"process {i} (pid {procs[i].pid}) {_describe(status)}"
-                (pathlib.Path(launch_dir) / "lost").write_text(lost)  # read by the others' SIGTERM handler
                 print(f"manualgrad.launch: {lost}; stopping the others", file=sys.stderr, flush=True)
+                (pathlib.Path(launch_dir) / "lost").write_text(lost)  # the others' watcher threads exit on it
                 _stop(procs, args.grace)
                 return status if status > 0 else 128 - status
             if all(s == 0 for s in statuses):
@@ -107,7 +107,11 @@ def _run(args: argparse.Namespace, coordinator: str, launch_dir: str) -> int:
 
 
 def _stop(procs: list[subprocess.Popen], grace: float) -> None:
-    """SIGTERM every process still running, then SIGKILL those alive after ``grace`` seconds."""
+    """Give the processes ``grace`` seconds to exit on their own (their watcher thread reads the
+    ``lost`` file), then SIGTERM those still running, and SIGKILL them after another ``grace``."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(q.poll() is None for q in procs):
+        time.sleep(0.1)
     for q in procs:
         if q.poll() is None:
             q.terminate()

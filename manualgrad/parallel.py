@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import os
 import pathlib
-import signal
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -49,7 +49,7 @@ def initialize(timeout_seconds: int = 60) -> bool:
     (``jax.distributed.initialize()`` reads the scheduler's variables). A coordinator that cannot
     be reached within ``timeout_seconds``, or a peer lost later (JAX's heartbeat, 10 s), ends the
     process with an error instead of a hang; under the launcher, a lost peer also makes the
-    launcher stop the others, each saying which process was lost. Call it before anything else
+    launcher tell the others, which then exit saying which process was lost. Call it before anything else
     touches JAX's devices.
     """
     env = os.environ
@@ -60,8 +60,8 @@ def initialize(timeout_seconds: int = 60) -> bool:
             env[ENV_COORDINATOR], int(env[ENV_PROCESSES]), int(env[ENV_PROCESS_ID]),
             initialization_timeout=timeout_seconds, heartbeat_timeout_seconds=10,
         )
-        if ENV_LAUNCH_DIR in env:  # after initialize, whose preemption notifier also takes SIGTERM
-            signal.signal(signal.SIGTERM, _stopped_by_launcher)
+        if ENV_LAUNCH_DIR in env:
+            threading.Thread(target=_watch_launcher, args=(pathlib.Path(env[ENV_LAUNCH_DIR]) / "lost",), daemon=True).start()
         return True
     if any(int(env.get(k, "1")) > 1 for k in _CLUSTER_ENV):
         jax.distributed.initialize(initialization_timeout=timeout_seconds)
@@ -86,11 +86,14 @@ def _wait_for(address: str, timeout_seconds: float, who: str) -> None:
             time.sleep(0.2)
 
 
-def _stopped_by_launcher(signum: int, frame: Any) -> None:
-    """SIGTERM from :mod:`manualgrad.launch`: say which process was lost, then exit with status 1."""
-    lost = pathlib.Path(os.environ[ENV_LAUNCH_DIR]) / "lost"
-    reason = lost.read_text() if lost.is_file() else "the launcher stopped the run"
-    print(f"manualgrad: process {os.environ.get(ENV_PROCESS_ID)} stops: {reason}", file=sys.stderr, flush=True)
+def _watch_launcher(lost: pathlib.Path) -> None:
+    """A daemon thread: once :mod:`manualgrad.launch` reports a lost process (the file ``lost``),
+    say which one and exit with status 1, even while the main thread waits inside a collective
+    that will never complete."""
+    while not lost.is_file():
+        time.sleep(0.2)
+    time.sleep(0.1)  # the launcher writes the file in one call; let it finish
+    print(f"manualgrad: process {os.environ.get(ENV_PROCESS_ID)} stops: {lost.read_text()}", file=sys.stderr, flush=True)
     os._exit(1)
 
 

@@ -60,6 +60,9 @@ JAX_TWINS = {
         jax.nn.standardize(x, axis=-1, epsilon=eps) * gamma + beta,
     "manualgrad.ops.dropout": lambda x, key, rate: x * _dropout_scale(key, rate, x.shape),
     "manualgrad.ops.embedding": lambda ids, table: jax.nn.one_hot(ids, table.shape[0], dtype=table.dtype) @ table,
+    "manualgrad.ops.add": jnp.add,
+    "manualgrad.ops.split_heads": lambda x, heads: jnp.einsum("...thd->...htd", x.reshape(*x.shape[:-1], heads, -1)),
+    "manualgrad.ops.merge_heads": lambda x: jnp.einsum("...htd->...thd", x).reshape(*x.shape[:-3], x.shape[-2], -1),
     "manualgrad.ops.attention": lambda q, k, v, mask=None, causal=False, scale=None, block=None:
         _attention_by_softmax(q, k, v, mask, causal, scale),
     "manualgrad.ops.batch_norm_inference": lambda x, gamma, beta, mean, var, eps=1e-5:
@@ -106,6 +109,9 @@ def torch_twins():
             F.batch_norm(x.movedim(-1, 1), None, None, gamma, beta, training=True, eps=eps).movedim(1, -1),
         "manualgrad.ops.layer_norm": lambda x, gamma, beta, eps=1e-5: F.layer_norm(x, x.shape[-1:], gamma, beta, eps),
         "manualgrad.ops.embedding": lambda ids, table: torch.nn.functional.embedding(ids, table),
+        "manualgrad.ops.add": torch.add,
+        "manualgrad.ops.split_heads": lambda x, heads: x.unflatten(-1, (heads, -1)).transpose(-3, -2),
+        "manualgrad.ops.merge_heads": lambda x: x.transpose(-3, -2).flatten(-2),
         "manualgrad.ops.attention": torch_attention,
         "manualgrad.ops.dropout": lambda x, key, rate:
             x * torch.tensor(np.asarray(_dropout_scale(jnp.asarray(key.numpy()), rate, tuple(x.shape)))),
