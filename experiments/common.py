@@ -282,10 +282,27 @@ def add_devices_flag(p: argparse.ArgumentParser) -> None:
                         "process, the plain single-device step)")
 
 
-def mesh_for(devices: int | None) -> Any:
-    """The data-parallel mesh of ``--devices`` over every process, or None for one device in one process."""
-    mesh = parallel.data_mesh(devices)
+def mesh_for(devices: int | None, batch_size: int) -> Any:
+    """The data-parallel mesh of ``--devices`` over every process, or None for one device in one
+    process; :class:`FlagError` when the flags do not fit the machine or the batch does not split."""
+    try:
+        mesh = parallel.data_mesh(devices)
+        if mesh.size > 1:
+            parallel.check_batch(mesh, batch_size, "--batch-size")
+    except ValueError as e:
+        raise FlagError(f"--devices {devices}: {e}" if devices is not None else str(e)) from None
     return None if mesh.size == 1 else mesh
+
+
+def join_processes() -> int | None:
+    """Join a launched or scheduled multi-process run (:func:`manualgrad.parallel.initialize`, a
+    no-op in a lone process); the exit status 1, after saying why, when the coordinator is unreachable."""
+    try:
+        parallel.initialize()
+    except ConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return None
 
 
 def fill_task_defaults(task: Task, args: argparse.Namespace, out: str = "runs/{task}") -> None:
@@ -388,12 +405,7 @@ def run(task: Task, args: argparse.Namespace) -> dict:
     # process 0 prepares the dataset's cache, the others then read it
     ds = parallel.one_process_first(lambda: task.load(args.data_dir, args.limit), "load the data")
     check_data(args, len(ds.x_train))
-    try:
-        mesh = mesh_for(args.devices)
-        if mesh is not None:
-            parallel.check_batch(mesh, args.batch_size, "--batch-size")
-    except ValueError as e:
-        raise FlagError(str(e)) from None
+    mesh = mesh_for(args.devices, args.batch_size)
     writer = jax.process_index() == 0  # in a multi-process run one process writes the files
     optimizer = train.sgd_with_clipping(learning_rate(args, len(ds.x_train)), args.max_norm, args.momentum, args.weight_decay)
     config = {
@@ -451,10 +463,7 @@ def run(task: Task, args: argparse.Namespace) -> dict:
 
 
 def main(task: Task, description: str, argv: Sequence[str] | None = None) -> int:
-    try:
-        parallel.initialize()  # a no-op unless started by manualgrad.launch or a cluster scheduler
-    except ConnectionError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if join_processes():
         return 1
     if task.name in CNN_TASKS:  # --model picks the task variant, whose defaults the other flags take
         pre = argparse.ArgumentParser(add_help=False)

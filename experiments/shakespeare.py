@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.common import CHECKPOINT, FlagError, HelpFormatter, add_devices_flag, mesh_for
+from experiments.common import CHECKPOINT, FlagError, HelpFormatter, add_devices_flag, join_processes, mesh_for
 from manualgrad import checkpoint, data, losses, malloc, nn, parallel, train
 
 # flags that change the trajectory: --resume refuses a checkpoint written with other values
@@ -158,12 +158,7 @@ def run(args: argparse.Namespace) -> dict:
         ds = data.Dataset(ds.name, ds.x_train[: args.limit], ds.y_train[: args.limit], ds.x_test, ds.y_test, ds.info)
     if len(ds.x_train) < args.batch_size:
         raise FlagError(f"the training text makes {len(ds.x_train)} windows, fewer than --batch-size {args.batch_size}")
-    try:
-        mesh = mesh_for(args.devices)
-        if mesh is not None:
-            parallel.check_batch(mesh, args.batch_size, "--batch-size")
-    except ValueError as e:
-        raise FlagError(str(e)) from None
+    mesh = mesh_for(args.devices, args.batch_size)
     writer = jax.process_index() == 0  # in a multi-process run one process writes the files
     vocab = ds.info["vocab"]
     model = model_of(args, len(vocab))
@@ -222,10 +217,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        parallel.initialize()  # a no-op unless started by manualgrad.launch or a cluster scheduler
-    except ConnectionError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if join_processes():
         return 1
     p = parser()
     args = p.parse_args(argv)

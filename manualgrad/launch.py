@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace, coordinator: str, launch_dir: str) -> int:
             failed = [(i, s) for i, s in enumerate(statuses) if s not in (None, 0)]
             if failed:
                 i, status = failed[0]
-                lost = f"process {i} (pid {procs[i].pid}) {_describe(status)}"
+                lost = ", ".join(f"process {j} (pid {procs[j].pid}) {_describe(st)}" for j, st in failed)
                 print(f"manualgrad.launch: {lost}; stopping the others", file=sys.stderr, flush=True)
                 (pathlib.Path(launch_dir) / "lost").write_text(lost)  # the others' watcher threads exit on it
                 _stop(procs, args.grace)

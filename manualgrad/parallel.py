@@ -40,14 +40,14 @@ ENV_LAUNCH_DIR = "MANUALGRAD_LAUNCH_DIR"
 _CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
-def initialize(timeout_seconds: int = 60) -> bool:
+def initialize(timeout_seconds: int = 60, heartbeat_seconds: int = 10) -> bool:
     """Join this process to a multi-process run; return whether it is one.
 
     Started by ``python -m manualgrad.launch`` (the coordinator's address, the number of
     processes and this one's id are in ``$MANUALGRAD_COORDINATOR``, ``$MANUALGRAD_NUM_PROCESSES``
     and ``$MANUALGRAD_PROCESS_ID``), or under SLURM / Open MPI with more than one task
     (``jax.distributed.initialize()`` reads the scheduler's variables). A coordinator that cannot
-    be reached within ``timeout_seconds``, or a peer lost later (JAX's heartbeat, 10 s), ends the
+    be reached within ``timeout_seconds``, or a peer lost later (JAX's heartbeat, ``heartbeat_seconds``), ends the
     process with an error instead of a hang; under the launcher, a lost peer also makes the
     launcher tell the others, which then exit saying which process was lost. Call it before anything else
     touches JAX's devices.
@@ -58,13 +58,13 @@ def initialize(timeout_seconds: int = 60) -> bool:
             _wait_for(env[ENV_COORDINATOR], timeout_seconds, f"process {env[ENV_PROCESS_ID]} of {env[ENV_PROCESSES]}")
         jax.distributed.initialize(
             env[ENV_COORDINATOR], int(env[ENV_PROCESSES]), int(env[ENV_PROCESS_ID]),
-            initialization_timeout=timeout_seconds, heartbeat_timeout_seconds=10,
+            initialization_timeout=timeout_seconds, heartbeat_timeout_seconds=heartbeat_seconds,
         )
         if ENV_LAUNCH_DIR in env:
             threading.Thread(target=_watch_launcher, args=(pathlib.Path(env[ENV_LAUNCH_DIR]) / "lost",), daemon=True).start()
         return True
     if any(int(env.get(k, "1")) > 1 for k in _CLUSTER_ENV):
-        jax.distributed.initialize(initialization_timeout=timeout_seconds)
+        jax.distributed.initialize(initialization_timeout=timeout_seconds, heartbeat_timeout_seconds=heartbeat_seconds)
         return True
     return False
 
@@ -103,12 +103,12 @@ def data_mesh(devices: int | None = None) -> Mesh:
     per_process: dict[int, list] = {}
     for d in jax.devices():
         per_process.setdefault(d.process_index, []).append(d)
-    local = len(per_process[jax.process_index()])
+    local = min(len(d) for d in per_process.values())  # every process must give the same number
     n = local if devices is None else devices
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= local:
         raise ValueError(
-            f"manualgrad.parallel.data_mesh: devices must be an int in [1, {local}] (this process has {local} "
-            f"{jax.default_backend()} devices), got {devices!r}"
+            f"manualgrad.parallel.data_mesh: devices must be an int in [1, {local}] (the fewest {jax.default_backend()} "
+            f"devices a process of this run has), got {devices!r}"
         )
     chosen = [d for p in sorted(per_process) for d in sorted(per_process[p], key=lambda d: d.id)[:n]]
     return Mesh(np.array(chosen), (AXIS,))
@@ -135,9 +135,16 @@ def check_batch(mesh: Mesh, batch_size: int, where: str) -> None:
 
 
 def process_rows(mesh: Mesh, batch_size: int) -> slice:
-    """The rows of a global batch that this process's devices hold (a contiguous block)."""
+    """The rows of a global batch that this process's devices hold: a contiguous block, as in a
+    mesh from :func:`data_mesh` (another mesh must have the one axis ``"data"`` and each process's
+    devices side by side)."""
+    if mesh.axis_names != (AXIS,):
+        raise ValueError(f"manualgrad.parallel: the mesh must have the one axis {AXIS!r}, got {mesh.axis_names}")
     per_device = batch_size // mesh.size
     mine = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
+    if mine != list(range(mine[0], mine[-1] + 1)):
+        raise ValueError(f"manualgrad.parallel: process {jax.process_index()}'s devices are not side by side in the "
+                         f"mesh (positions {mine}); build it with data_mesh")
     return slice(mine[0] * per_device, (mine[-1] + 1) * per_device)
 
 

@@ -174,8 +174,10 @@ def scope(label: str) -> Iterator[None]:
 def tap(x: Any) -> Any:
     """``x`` plus this layer's tap while :func:`tapping`; ``x`` itself otherwise."""
     tape = _TAPE.get()
-    path = None if tape is None or tape.taps is None else ".".join(tape.path)
-    if path not in (tape.taps if path is not None else {}):  # also: integer ids, which get no tap
+    if tape is None or tape.taps is None:
+        return x
+    path = ".".join(tape.path)
+    if path not in tape.taps:  # integer ids (an Embedding's input) get no tap: they have no cotangent
         return x
     return jax.tree_util.tree_map(jnp.add, x, tape.taps[path])
 

@@ -159,7 +159,11 @@ def loss_and_grad(model: Layer, loss: Op, grad: str = "manual", axis_name: str |
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         out = local(params, x, y, state=state, key=key)
         devices = jax.lax.psum(1, axis_name)
-        return jax.tree_util.tree_map(lambda a: jax.lax.psum(a, axis_name) / devices, out)
+
+        def mean(a):  # integer state (a counter) is the same on every device: kept as it is
+            return jax.lax.psum(a, axis_name) / devices if jnp.issubdtype(a.dtype, jnp.inexact) else a
+
+        return jax.tree_util.tree_map(mean, out)
 
     return all_reduced
 
@@ -406,6 +410,8 @@ class _ShardedEpoch:
             batch, k = self._args(x, y, key, idx[i], i)
             params, opt_state, m, *new_state = step(params, opt_state, batch, state, k)
             state = new_state[0] if new_state else None
+            # read each step's metrics now: fake CPU devices run a collective as a rendezvous of
+            # threads, and several steps in flight on few cores can stall it (benchmark_parallel)
             metrics.append(parallel.local(m))
         metrics = jax.tree_util.tree_map(lambda *a: np.stack(a), *metrics)
         return (params, opt_state, metrics) if state is None else (params, opt_state, metrics, state)
@@ -581,7 +587,8 @@ def fit(
     one process or several (see :func:`make_epoch`): the data stay on the host and each process
     feeds its rows of every global batch; the test metrics are computed by every process on its
     own copy of the params; process 0 alone writes the checkpoint while the others wait, and
-    every process resumes from it. The result's params and state are NumPy copies.
+    every process resumes from it (so ``checkpoint_path`` must be on a filesystem they all
+    see). ``on_epoch`` and the result get this process's copies of params and state.
 
     With ``checkpoint_path``, params, optimizer state and the history are saved atomically
     after every epoch; ``resume=True`` continues from that checkpoint, and the result is
@@ -602,9 +609,9 @@ def fit(
         state = init_state(model, (batch_size,) + tuple(jax.tree_util.tree_leaves(x)[0].shape[1:]))[1]
     # copies: the epochs donate their input buffers
     params, state = jax.tree_util.tree_map(jnp.array, (params, state))
-    if mesh is not None:
-        params, state = parallel.replicate(mesh, parallel.local((params, state)))
     opt_state = optimizer.init(params)
+    if mesh is not None:
+        params, opt_state, state = parallel.replicate(mesh, parallel.local((params, opt_state, state)))
     if resume:
         if checkpoint_path is None:
             raise ValueError("manualgrad.train.fit: resume=True needs a checkpoint_path")
@@ -625,7 +632,8 @@ def fit(
     start = time.perf_counter()
     run_epoch = make_epoch(model, loss, optimizer, batch_size, grad, scan=scan, mesh=mesh)
     run_epoch = run_epoch.lower(params, opt_state, x, y, key, state).compile()
-    here = parallel.local if mesh is not None else (lambda t: t)
+    # this process's own copy of a replicated tree, on its default device
+    here = (lambda t: jax.device_put(parallel.local(t))) if mesh is not None else (lambda t: t)
     compile_seconds = time.perf_counter() - start
     for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
@@ -649,5 +657,5 @@ def fit(
                 checkpoint.save(checkpoint_path, here((params, opt_state, state)), meta)
             parallel.barrier(f"manualgrad checkpoint, epoch {epoch}")
         if on_epoch is not None:
-            on_epoch(entry, params)
+            on_epoch(entry, here(params))
     return History(*here((params, opt_state)), history, compile_seconds, step_losses, here(state))

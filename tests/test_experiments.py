@@ -308,8 +308,17 @@ def shakespeare_main(tiny_text, out, *flags):
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_shakespeare_writes_metrics_curves_sample_and_trains_alike_with_every_gradient(tiny_text, tmp_path):
-    runs = {g: shakespeare_main(tiny_text, tmp_path / g, "--epochs", 2, "--grad", g) for g in ("manual", "explicit", "reference")}
+@pytest.fixture(scope="module")
+def tiny_lm_runs(tiny_text, tmp_path_factory):
+    """Two epochs with each gradient source: {grad: (out folder, metrics)}."""
+    root = tmp_path_factory.mktemp("tiny-lm")
+    return {g: (root / g, shakespeare_main(tiny_text, root / g, "--epochs", 2, "--grad", g))
+            for g in ("manual", "explicit", "reference")}
+
+
+def test_shakespeare_writes_metrics_curves_sample_and_trains_alike_with_every_gradient(tiny_text, tiny_lm_runs, tmp_path):
+    runs = {g: m for g, (_, m) in tiny_lm_runs.items()}
+    tmp_path = tiny_lm_runs["manual"][0].parent
     m = runs["manual"]
     assert m["test"]["bits_per_char"] == pytest.approx(m["test"]["loss"] / np.log(2))
     assert m["epochs"][-1]["test_loss"] < m["epochs"][0]["test_loss"] < np.log(m["config"]["vocab_size"])  # it learns
@@ -320,14 +329,14 @@ def test_shakespeare_writes_metrics_curves_sample_and_trains_alike_with_every_gr
         np.testing.assert_allclose(np.concatenate(runs[g]["step_loss"]), np.concatenate(m["step_loss"]), rtol=2e-4)
 
 
-def test_shakespeare_resume_is_bit_identical_and_bad_flags_are_refused(tiny_text, tmp_path, capsys):
+def test_shakespeare_resume_is_bit_identical_and_bad_flags_are_refused(tiny_text, tiny_lm_runs, tmp_path, capsys):
     from experiments import shakespeare
 
-    full = shakespeare_main(tiny_text, tmp_path / "full", "--epochs", 2)
+    full_dir, full = tiny_lm_runs["manual"]
     shakespeare_main(tiny_text, tmp_path / "split", "--epochs", 1, "--decay-epochs", 2)
     split = shakespeare_main(tiny_text, tmp_path / "split", "--epochs", 2, "--resume")
     assert without_timing(full["epochs"]) == without_timing(split["epochs"])
-    assert (tmp_path / "full" / "sample.txt").read_text() == (tmp_path / "split" / "sample.txt").read_text()
+    assert (full_dir / "sample.txt").read_text() == (tmp_path / "split" / "sample.txt").read_text()
     for flags, message in [(["--heads", "3"], "--heads 3 must divide --width 16"), (["--limit", "4"], "--limit 4 must be at least")]:
         with pytest.raises(SystemExit) as e:
             shakespeare.main(["--data-dir", str(tiny_text), "--out", str(tmp_path / "bad"), *TINY_LM, *flags])

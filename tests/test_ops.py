@@ -54,7 +54,7 @@ def test_vjp_float32(name):
         assert report.dtype == "float32"
 
 
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize("dtype", [jnp.float64])  # float32 is checked eagerly and under jit above
 @pytest.mark.parametrize("name", NAMES)
 def test_vjp_under_vmap(name, dtype):
     op = REGISTRY[name].op
@@ -109,15 +109,18 @@ def test_fwd_bwd_structure_and_dtypes(name):
     for dtype in (jnp.float64, jnp.float32):
         for ex in examples(name):
             args = cast(ex.args, dtype)
-            y, res = op.fwd(*args, **ex.params)
-            y_ref = op.reference(*args, **ex.params)
+
+            def structure(*args):
+                y, res = op.fwd(*args, **ex.params)
+                return y, op.reference(*args, **ex.params), res, op.bwd(res, jax.tree_util.tree_map(jnp.ones_like, y))
+
+            y, y_ref, res, cts = jax.eval_shape(structure, *args)  # shapes and dtypes only: nothing is computed
             assert jax.tree_util.tree_structure(y) == jax.tree_util.tree_structure(y_ref)
             for a, b in zip(jax.tree_util.tree_leaves(y), jax.tree_util.tree_leaves(y_ref)):
                 assert a.shape == b.shape and a.dtype == b.dtype == dtype
             for leaf in jax.tree_util.tree_leaves(res):  # integer residuals: dropout's key, embedding's ids
                 ok = leaf.dtype in (dtype, jnp.bool_, jnp.uint32) or jnp.issubdtype(leaf.dtype, jnp.integer)
                 assert ok, f"{name}: residual of dtype {leaf.dtype}"
-            cts = op.bwd(res, jnp.ones_like(y))
             assert len(cts) == len(op.arg_names)
             for arg_name, arg, ct in zip(op.arg_names, args, cts):
                 if arg_name in op.constant:

@@ -93,6 +93,32 @@ def test_batch_norm_statistics_are_per_device_and_running_statistics_averaged():
     assert out.strip().endswith("ok")
 
 
+def test_resume_under_a_mesh_is_bit_identical_and_dropout_trains():
+    out = python("""
+    import tempfile, pathlib
+    folder = pathlib.Path(tempfile.mkdtemp())
+    model = nn.serial(nn.Linear(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(3))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(256, 10)).astype(np.float32), rng.integers(0, 3, 256)
+    _, params = model.init(jax.random.PRNGKey(0), (1, 10))
+    mesh = parallel.data_mesh(4)
+
+    def fit(epochs, path, resume=False):
+        return train.fit(model, losses.softmax_cross_entropy, train.sgd_with_clipping(0.05, 5.0, 0.9), params,
+                         Dataset("toy", x, y, x[:64], y[:64]), epochs=epochs, batch_size=32, key=jax.random.PRNGKey(1),
+                         checkpoint_path=path, resume=resume, mesh=mesh)
+
+    full = fit(2, folder / "full.npz")
+    fit(1, folder / "split.npz")
+    split = fit(2, folder / "split.npz", resume=True)
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(split.params)):
+        assert np.array_equal(a, b)
+    assert [e["train_loss"] for e in full.epochs] == [e["train_loss"] for e in split.epochs]
+    print("resumed", full.epochs[-1]["train_loss"] < full.epochs[0]["train_loss"])
+    """)
+    assert "resumed True" in out
+
+
 def test_uneven_sizes_get_an_error_or_the_documented_rule():
     out = python("""
     try:
@@ -106,7 +132,7 @@ def test_uneven_sizes_get_an_error_or_the_documented_rule():
     assert "steps 4" in out
 
 
-def test_devices_flag_and_the_sharded_step_on_one_device():
+def test_the_sharded_step_on_one_device_and_mesh_errors():
     out = python("""
     one, sharded = run(np.float32, None, "manual"), run(np.float32, 1, "manual")
     print("gap", gap(sharded, one))
@@ -115,7 +141,7 @@ def test_devices_flag_and_the_sharded_step_on_one_device():
     except ValueError as e:
         print(e)
     """, devices=2)
-    assert "devices must be an int in [1, 2] (this process has 2 cpu devices), got 3" in out
+    assert "devices must be an int in [1, 2] (the fewest cpu devices a process of this run has), got 3" in out
     assert float(out.split("gap ")[1].split()[0]) <= 1e-6
 
 
@@ -146,6 +172,7 @@ def test_two_processes_of_two_devices_train_as_one_process_of_four(tiny_housing,
     assert single.returncode == 0, single.stderr[-3000:]
     two, one = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("2x2", "1x4"))
     assert (two["config"]["devices"], two["config"]["processes"], one["config"]["devices"], one["config"]["processes"]) == (4, 2, 4, 1)
+    assert [len(e) for e in two["step_loss"]] == [len(e) for e in one["step_loss"]] == [12, 12]
     for a, b in zip(two["step_loss"], one["step_loss"]):
         assert a == pytest.approx(b, rel=1e-5)  # float32: the all-reduce sums in another order
     assert two["test"]["mse"] == pytest.approx(one["test"]["mse"], rel=1e-5)

@@ -67,7 +67,8 @@ def test_language_model_manual_and_explicit_gradients_equal_the_references_layer
     model = nn.TransformerLM(9, 6, width=8, depth=1, heads=2, dropout=0.1)
     _, params = model.init(jax.random.key(0), (2, 6))
     ids = jax.random.randint(jax.random.key(1), (2, 7), 0, 9)
-    report = check.check_model(model, losses.softmax_cross_entropy, params, ids[:, :-1], ids[:, 1:], key=jax.random.key(2))
+    report = check.check_model(model, losses.softmax_cross_entropy, params, ids[:, :-1], ids[:, 1:], key=jax.random.key(2),
+                               dtypes=(jnp.float64,))  # float32: the layer registry
     report.assert_ok()
     names = {layer.name.split("(")[0] for layer in report.layers}
     assert {"Embedding", "PositionalEmbedding", "residual", "MultiHeadAttention", "Dropout", "GELU"} <= names
@@ -91,6 +92,8 @@ def test_bad_input_gets_clear_errors_also_under_jit():
     assert np.all(np.isnan(logits[0, 1:]))
     with pytest.raises(ValueError, match=r"MultiHeadAttention\(3, causal=True\).*input_shape=\(2, 5, 8\) must be .* divisible by heads=3"):
         nn.MultiHeadAttention(3).init(jax.random.key(0), (2, 5, 8))
+    with pytest.raises(ValueError, match=r"manualgrad.nn.residual\(4\): the branch maps input_shape=\(2, 5, 4\) to \(2, 5, 8\)"):
+        nn.TransformerBlock(8, 2).init(jax.random.key(0), (2, 5, 4))  # width 8 on 4 features
     with pytest.raises(ValueError, match="kind must be one of"):
         nn.PositionalEmbedding(4, "rotary")
     with pytest.raises(ValueError, match=r"manualgrad.nn.Embedding\(0, 4\): vocab_size must be a positive integer"):

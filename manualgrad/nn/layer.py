@@ -353,4 +353,13 @@ def residual(*layers: Layer) -> Layer:
         trace.record_backward(slot, y_bar, (), x_bar)
         return params_bar, x_bar
 
-    return _outer(call, fwd, bwd, body.init, body.init_state)
+    def init(key, input_shape):
+        output_shape, params = body.init(key, input_shape)
+        if tuple(output_shape) != tuple(input_shape):
+            raise ValueError(
+                f"manualgrad.nn.{name}: the branch maps input_shape={tuple(input_shape)} to {tuple(output_shape)}; "
+                "x + f(x) needs f to keep the shape"
+            )
+        return output_shape, params
+
+    return _outer(call, fwd, bwd, init, body.init_state)

@@ -54,9 +54,6 @@ LAYERS: dict[str, LayerExample] = {
     "PositionalEmbedding": LayerExample(lambda: sequence.PositionalEmbedding(6), (2, 5, 4)),
     "PositionalEmbedding-sinusoidal": LayerExample(lambda: sequence.PositionalEmbedding(4, "sinusoidal"), (2, 4, 3)),
     "MultiHeadAttention": LayerExample(lambda: sequence.MultiHeadAttention(2), (2, 5, 4)),
-    "MultiHeadAttention-bidirectional-blocks": LayerExample(
-        lambda: sequence.MultiHeadAttention(3, causal=False, block=2), (1, 5, 6)
-    ),
     "TransformerBlock": LayerExample(lambda: sequence.TransformerBlock(4, 2, mlp_ratio=2, dropout=0.2), (2, 3, 4)),
     "TransformerLM": LayerExample(lambda: sequence.TransformerLM(7, 6, width=4, depth=1, heads=2), (2, 5), ids=7),
     "residual": LayerExample(lambda: residual(dense.Linear(3), dense.Tanh()), (2, 3)),

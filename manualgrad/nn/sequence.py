@@ -130,7 +130,8 @@ def MultiHeadAttention(heads: int, causal: bool = True, block: int = 128, dtype:
     ``q, k, v = split_heads(x @ w_q + b_q, heads), ...``; ``o = attention(q, k, v, causal)`` (the
     memory-lean :func:`manualgrad.ops.attention`, ``block`` queries at a time); ``y =
     merge_heads(o) @ w_o + b_o``. Params ``{"q", "k", "v", "o"}``, each ``{"w": (D, D), "b":
-    (D,)}``: Glorot-uniform weights, zero biases (PyTorch's ``nn.MultiheadAttention``).
+    (D,)}``: Glorot-uniform weights for each (D, D) matrix, zero biases (PyTorch's
+    ``nn.MultiheadAttention`` draws its stacked (3D, D) input projection at once instead).
 
     Backward, in reverse: the output projection's rule gives the merged heads' cotangent,
     ``split_heads`` of it is ``o_bar``, attention's rule gives ``q_bar, k_bar, v_bar``, and each
@@ -194,7 +195,7 @@ def TransformerBlock(
     attention and after the MLP, inside each residual branch. Params: a tuple of the two
     residual branches' params, as :func:`~manualgrad.nn.serial` lays them out.
     """
-    drop = [Dropout(dropout)] if dropout > 0 else []
+    drop = [Dropout(dropout)] if dropout != 0 else []  # Dropout refuses rates outside [0, 1)
     attention = residual(LayerNorm(), MultiHeadAttention(heads, causal=causal, block=block), *drop)
     mlp = residual(LayerNorm(), Linear(mlp_ratio * width, init="glorot"), GELU(), Linear(width, init="glorot"), *drop)
     return serial(attention, mlp)
