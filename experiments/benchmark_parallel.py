@@ -6,7 +6,8 @@ the machinery's overhead, in one process, timed in turns as :mod:`experiments.be
 
 * the plain jitted train step against the data-parallel one (``make_train_step(..., mesh=...)``:
   a ``shard_map`` with the gradients' explicit ``psum``) on a one-device mesh;
-* the data-parallel step on the whole ``--devices`` mesh;
+* the data-parallel step on the whole ``--devices`` mesh, and, for comparison, the plain jitted
+  step fed the same sharded batch (jit's automatic sharding: XLA inserts the all-reduce);
 * the all-reduce alone: ``psum`` of a params-shaped tree over that mesh.
 
 Every row waits for each step before starting the next (as a training loop that reads each
@@ -60,8 +61,10 @@ def measure(devices: int, rounds: int, block_seconds: float) -> dict:
     for batch in (128, 1024):
         runners, temps = {}, {}
         for grad in ("manual", "explicit"):
-            for mesh_size in (None, 1, devices):
-                mesh = None if mesh_size is None else parallel.data_mesh(mesh_size)
+            # None: the plain step; n: the shard_map step on n devices; -n: the plain jitted step fed
+            # a batch sharded over n devices (XLA's SPMD partitioner inserts the all-reduce itself)
+            for mesh_size in (None, 1, devices, -devices):
+                mesh = None if mesh_size is None else parallel.data_mesh(abs(mesh_size))
                 opt = train.sgd_with_clipping(0.01, 5.0, 0.9)
                 params = task.init(0)
                 state = [params, opt.init(params)]
@@ -71,7 +74,7 @@ def measure(devices: int, rounds: int, block_seconds: float) -> dict:
                 else:
                     state = list(parallel.replicate(mesh, parallel.local(state)))
                     batch_arrays = parallel.global_batch(mesh, (x, y), batch)
-                step = train.make_train_step(task.model(), task.loss, opt, grad, mesh=mesh)
+                step = train.make_train_step(task.model(), task.loss, opt, grad, mesh=mesh if (mesh_size or 0) > 0 else None)
                 compiled = step.lower(*state, batch_arrays).compile()
 
                 def run(k, compiled=compiled, state=state, batch_arrays=batch_arrays):
@@ -81,7 +84,7 @@ def measure(devices: int, rounds: int, block_seconds: float) -> dict:
                         jax.block_until_ready(p)
                     state[:] = [p, s]
 
-                name = (grad, "plain" if mesh is None else f"sharded x{mesh_size}")
+                name = (grad, "plain" if mesh is None else f"shard_map x{mesh_size}" if mesh_size > 0 else f"jit sharding x{-mesh_size}")
                 runners[name], temps[name] = run, temp_bytes(compiled)
         seconds = time_interleaved(runners, rounds, block_seconds)
         rows += [{"model": task.architecture, "batch": batch, "grad": g, "step": s, "step_ms": t * 1e3,
