@@ -67,7 +67,7 @@ def test_vjp_under_vmap(name, dtype):
 @pytest.mark.parametrize("name", [n for n in NAMES if REGISTRY[n].op.smooth])
 def test_vjp_against_finite_differences(name):
     op = REGISTRY[name].op
-    for n, ex in enumerate(examples(name)):
+    for n, ex in enumerate(examples(name)[:2]):  # the other examples are held to jax.vjp of the reference
         check_vjp(op, *cast(ex.args, jnp.float64), method="fd", seed=n, **ex.params).assert_ok()
 
 

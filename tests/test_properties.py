@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from manualgrad import backprop, check, losses, nn, ops
 from tests.helpers import as_float64, assert_trees_close, three_gradients
 
-SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 dims = st.integers(1, 6)
 leading = st.lists(st.integers(1, 4), min_size=0, max_size=3)
 

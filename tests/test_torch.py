@@ -172,8 +172,7 @@ def test_sgd_with_clipping_and_weight_decay_equals_torch():
     assert not np.allclose(np.asarray(p["w"]), theirs["w"].detach().numpy(), rtol=1e-4)
 
 
-@pytest.mark.parametrize("grad", train.GRADS)
-@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("positions, grad", [("learned", g) for g in train.GRADS] + [("sinusoidal", "manual")])
 def test_transformer_gradients_equal_torch_autograd(positions, grad):
     """TransformerLM against its PyTorch twin (experiments.torch_transformer: nn.Embedding, LayerNorm,
     Linear, F.scaled_dot_product_attention(is_causal=True), exact GELU), one batch in float64: the
