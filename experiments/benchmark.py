@@ -32,7 +32,6 @@ import os
 import pathlib
 import platform
 import sys
-import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -42,6 +41,7 @@ from jax import lax
 
 from experiments import benchmark_sequence as sequence
 from experiments import common
+from experiments.timing import Runner, repeat_call, step_runner, temp_bytes, time_interleaved
 from manualgrad import malloc, train
 
 IMPLS = ("manual", "explicit", "reference", "torch", "gemms_only")
@@ -106,40 +106,6 @@ def optimizer():
     return train.sgd_with_clipping(LR, MAX_NORM, MOMENTUM)
 
 
-# -- timing ------------------------------------------------------------------------------
-Runner = Callable[[int], None]  # runner(k) runs k steps and waits for the result
-
-
-def calibrate(run: Runner, target_seconds: float) -> int:
-    """Steps per timed block so that a block lasts about ``target_seconds`` (after warming up)."""
-    run(2)
-    k = 1
-    while True:
-        start = time.perf_counter()
-        run(k)
-        elapsed = time.perf_counter() - start
-        if elapsed >= target_seconds / 4 or k >= 1 << 14:
-            return max(1, int(k * target_seconds / max(elapsed, 1e-9)))
-        k *= 4
-
-
-def time_interleaved(runners: dict[Any, Runner], rounds: int, block_seconds: float | None) -> dict[Any, float]:
-    """Median seconds per call of each runner, timed in turns (rotated order) over ``rounds`` rounds.
-
-    A block runs about ``block_seconds`` worth of calls (calibrated first), or one call when
-    ``block_seconds`` is None.
-    """
-    steps = {name: 1 if block_seconds is None else calibrate(run, block_seconds) for name, run in runners.items()}
-    samples: dict[Any, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            start = time.perf_counter()
-            runners[name](steps[name])
-            samples[name].append((time.perf_counter() - start) / steps[name])
-    return {name: float(np.median(s)) for name, s in samples.items()}
-
-
 # -- the implementations -------------------------------------------------------------------
 def jax_step_runner(config: Config, grad: str) -> tuple[Runner, int]:
     """A runner over the compiled, donating train step, and the step's XLA temp bytes."""
@@ -149,33 +115,7 @@ def jax_step_runner(config: Config, grad: str) -> tuple[Runner, int]:
     opt_state = opt.init(params)
     batch = tuple(jax.device_put(a) for a in random_batch(task, config.batch))
     compiled = train.make_train_step(task.model(), task.loss, opt, grad).lower(params, opt_state, batch).compile()
-    state = [params, opt_state]
-
-    def run(k: int) -> None:
-        p, s = state
-        for _ in range(k):
-            p, s, _ = compiled(p, s, batch)
-        jax.block_until_ready(p)
-        state[:] = [p, s]
-
-    return run, temp_bytes(compiled)
-
-
-def repeat_call(compiled: Any, *operands: Any) -> Runner:
-    """A runner calling ``compiled(*operands)`` ``k`` times, then waiting for the last result."""
-
-    def run(k: int) -> None:
-        out = None
-        for _ in range(k):
-            out = compiled(*operands)
-        jax.block_until_ready(out)
-
-    return run
-
-
-def temp_bytes(compiled: Any) -> int | None:
-    analysis = compiled.memory_analysis()
-    return None if analysis is None else int(analysis.temp_size_in_bytes)
+    return step_runner(compiled, params, opt_state, batch), temp_bytes(compiled)
 
 
 def gemms_only(config: Config) -> tuple[Any, tuple]:
@@ -438,8 +378,7 @@ def benchmark(configs: Sequence[Config] = CONFIGS, *, rounds: int = 9, block_sec
         # a step at T=8192 takes seconds: fewer rounds, one call per block
         long = t >= 8192
         rows += sequence.attention_rows(t, lambda r: time_interleaved(r, min(rounds, 3) if long else rounds,
-                                                                      None if long else block_seconds),
-                                        temp_bytes, repeat_call)
+                                                                      None if long else block_seconds))
     for t in transformer_t:
         progress(f"transformer train step T={t}")
         rows += sequence.transformer_rows(t, lambda r: time_interleaved(r, rounds, block_seconds), with_torch)

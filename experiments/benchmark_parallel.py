@@ -52,7 +52,8 @@ def measure(devices: int, rounds: int, block_seconds: float) -> dict:
     import jax
 
     from experiments import common
-    from experiments.benchmark import device_description, random_batch, temp_bytes, time_interleaved
+    from experiments.benchmark import device_description, random_batch
+    from experiments.timing import step_runner, temp_bytes, time_interleaved
     from manualgrad import malloc, parallel, train
 
     malloc.reuse_freed_memory()
@@ -76,16 +77,10 @@ def measure(devices: int, rounds: int, block_seconds: float) -> dict:
                     batch_arrays = parallel.global_batch(mesh, (x, y), batch)
                 step = train.make_train_step(task.model(), task.loss, opt, grad, mesh=mesh if (mesh_size or 0) > 0 else None)
                 compiled = step.lower(*state, batch_arrays).compile()
-
-                def run(k, compiled=compiled, state=state, batch_arrays=batch_arrays):
-                    p, s = state
-                    for _ in range(k):  # one step in flight at a time (see the module docstring)
-                        p, s, _ = compiled(p, s, batch_arrays)
-                        jax.block_until_ready(p)
-                    state[:] = [p, s]
-
                 name = (grad, "plain" if mesh is None else f"shard_map x{mesh_size}" if mesh_size > 0 else f"jit sharding x{-mesh_size}")
-                runners[name], temps[name] = run, temp_bytes(compiled)
+                # one step in flight at a time (see the module docstring)
+                runners[name] = step_runner(compiled, *state, batch_arrays, wait_each=True)
+                temps[name] = temp_bytes(compiled)
         seconds = time_interleaved(runners, rounds, block_seconds)
         rows += [{"model": task.architecture, "batch": batch, "grad": g, "step": s, "step_ms": t * 1e3,
                   "temp_bytes": temps[(g, s)]} for (g, s), t in seconds.items()]

@@ -9,7 +9,7 @@
   characters, batch 32): the train step with AdamW and clipping, per gradient source, and the
   same step in PyTorch eager with ``F.scaled_dot_product_attention``.
 
-Rows have :mod:`experiments.benchmark`'s layout; its timing helpers time them.
+Rows have :mod:`experiments.benchmark`'s layout; :mod:`experiments.timing` times them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.timing import repeat_call, step_runner, temp_bytes
 from manualgrad import losses, nn, ops, reference_mode, train
 
 ATTENTION_T = (512, 2048, 8192)
@@ -46,7 +47,7 @@ def attention_flops(t: int) -> int:
     return 6 * 2 * HEADS * t * t * HEAD_DIM
 
 
-def attention_rows(t: int, time_them: Callable, temp_bytes: Callable, repeat_call: Callable) -> list[dict]:
+def attention_rows(t: int, time_them: Callable) -> list[dict]:
     rng = np.random.default_rng(0)
     q, k, v, g = (jax.device_put(rng.standard_normal((1, HEADS, t, HEAD_DIM), dtype=np.float32)) for _ in range(4))
     runners, temps = {}, {}
@@ -80,18 +81,9 @@ def transformer_step_runner(t: int, grad: str) -> tuple[Callable, int | None]:
     _, params = model.init(jax.random.PRNGKey(0), (BATCH, t))
     opt = train.adamw_with_clipping(LR, MAX_NORM, WEIGHT_DECAY)
     batch = tuple(jax.device_put(a) for a in transformer_batch(t))
-    state = [params, opt.init(params)]
-    compiled = train.make_train_step(model, losses.softmax_cross_entropy, opt, grad).lower(*state, batch).compile()
-
-    def run(k: int) -> None:
-        p, s = state
-        for _ in range(k):
-            p, s, _ = compiled(p, s, batch)
-        jax.block_until_ready(p)
-        state[:] = [p, s]
-
-    analysis = compiled.memory_analysis()
-    return run, None if analysis is None else int(analysis.temp_size_in_bytes)
+    opt_state = opt.init(params)
+    compiled = train.make_train_step(model, losses.softmax_cross_entropy, opt, grad).lower(params, opt_state, batch).compile()
+    return step_runner(compiled, params, opt_state, batch), temp_bytes(compiled)
 
 
 def torch_transformer_runner(t: int) -> Callable | None:

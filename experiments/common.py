@@ -294,6 +294,18 @@ def mesh_for(devices: int | None, batch_size: int) -> Any:
     return None if mesh.size == 1 else mesh
 
 
+def run_environment(reuse_memory: bool, mesh: Any) -> dict[str, Any]:
+    """What a run's config records about where it ran: device kind, jax, the malloc setting,
+    devices and processes."""
+    return {
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "reuse_freed_memory": reuse_memory,
+        "devices": 1 if mesh is None else mesh.size,
+        "processes": jax.process_count(),
+    }
+
+
 def join_processes() -> int | None:
     """Join a launched or scheduled multi-process run (:func:`manualgrad.parallel.initialize`, a
     no-op in a lone process); the exit status 1, after saying why, when the coordinator is unreachable."""
@@ -415,13 +427,9 @@ def run(task: Task, args: argparse.Namespace) -> dict:
         "train_examples": len(ds.x_train),
         "test_examples": len(ds.x_test),
         "data_source": ds.info.get("source"),
-        "device": jax.devices()[0].device_kind,
         # XLA:CPU runs convolutions ~20x slower inside lax.scan (jax-ml/jax#12868): loop over the jitted step
         "epoch": "loop" if task.arch == "cnn" and jax.default_backend() == "cpu" else "scan",
-        "jax": jax.__version__,
-        "reuse_freed_memory": reuse_memory,
-        "devices": 1 if mesh is None else mesh.size,
-        "processes": jax.process_count(),
+        **run_environment(reuse_memory, mesh),
     }
     bar = tqdm(total=args.epochs, desc=f"{task.name} ({args.grad})", unit="epoch", disable=args.no_progress or not writer)
 

@@ -22,11 +22,12 @@ import time
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.common import CHECKPOINT, FlagError, HelpFormatter, add_devices_flag, join_processes, mesh_for
+from experiments.common import (
+    CHECKPOINT, FlagError, HelpFormatter, add_devices_flag, join_processes, mesh_for, run_environment,
+)
 from manualgrad import checkpoint, data, losses, malloc, nn, parallel, train
 
 # flags that change the trajectory: --resume refuses a checkpoint written with other values
@@ -174,11 +175,7 @@ def run(args: argparse.Namespace) -> dict:
         "train_chars": ds.info["train_chars"],
         "test_chars": ds.info["test_chars"],
         "data_source": ds.info["source"],
-        "device": jax.devices()[0].device_kind,
-        "jax": jax.__version__,
-        "reuse_freed_memory": reuse_memory,
-        "devices": 1 if mesh is None else mesh.size,
-        "processes": jax.process_count(),
+        **run_environment(reuse_memory, mesh),
     }
     bar = tqdm(total=args.epochs, desc=f"shakespeare ({args.grad})", unit="epoch", disable=args.no_progress or not writer)
 

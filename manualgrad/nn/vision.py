@@ -12,7 +12,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from manualgrad import ops
 from manualgrad.nn.dense import from_op
