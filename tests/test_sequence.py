@@ -99,3 +99,17 @@ def test_bad_input_gets_clear_errors_also_under_jit():
         nn.PositionalEmbedding(4, "rotary")
     with pytest.raises(ValueError, match=r"manualgrad.nn.Embedding\(0, 4\): vocab_size must be a positive integer"):
         nn.Embedding(0, 4)
+
+
+def test_glue_ops_name_themselves_and_the_shapes():
+    from manualgrad import ops
+
+    with pytest.raises(ValueError, match=r"manualgrad.ops.add: x.shape=\(2, 3\) float32 and y.shape=\(4,\) float32 do not broadcast"):
+        ops.add(jnp.ones((2, 3), jnp.float32), jnp.ones((4,), jnp.float32))
+    with pytest.raises(ValueError, match=r"manualgrad.ops.add: x and y must share one dtype, got x float32, y float64"):
+        ops.add(jnp.ones((2, 3), jnp.float32), jnp.ones((3,), jnp.float64))
+    with pytest.raises(ValueError, match=r"manualgrad.ops.split_heads: x.shape=\(2, 5, 6\) float32: x must be \(..., T, D\) "
+                                         r"with D divisible by heads=4"):
+        jax.jit(lambda x: ops.split_heads(x, heads=4))(jnp.ones((2, 5, 6), jnp.float32))
+    with pytest.raises(ValueError, match=r"manualgrad.ops.merge_heads: x.shape=\(5, 6\) float32: x must be \(..., H, T, d\)"):
+        ops.merge_heads(jnp.ones((5, 6), jnp.float32))
