@@ -52,6 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from manualgrad.errors import describe, fail, same_dtype
+
 __all__ = [
     "Op",
     "Residuals",
@@ -117,30 +119,6 @@ def reference_mode(enabled: bool = True) -> Iterator[None]:
     """
     with _REFERENCE_MODE(enabled):
         yield
-
-
-def fail(where: str, message: str) -> None:
-    """Raise the ValueError manualgrad uses for bad input: ``<where>: <message>``,
-    where ``where`` is the qualified name of the op or layer, e.g. ``manualgrad.ops.linear``."""
-    raise ValueError(f"{where}: {message}")
-
-
-def same_dtype(where: str, **arrays: Any) -> None:
-    """Fail unless every one of ``arrays`` (name=value) has the same dtype, naming each one's."""
-    dtypes = {name: jnp.result_type(a) for name, a in arrays.items()}
-    if len(set(dtypes.values())) > 1:
-        names = list(dtypes)
-        listed = ", ".join(f"{n} {d}" for n, d in dtypes.items())
-        fail(where, f"{', '.join(names[:-1])} and {names[-1]} must share one dtype, got {listed}")
-
-
-def describe(name: str, value: Any) -> str:
-    """``name.shape=(..) dtype`` for error messages; works on tracers and pytrees."""
-    leaves = jax.tree_util.tree_leaves(value)
-    if len(leaves) == 1 and leaves[0] is value:
-        return f"{name}.shape={tuple(np.shape(value))} {jnp.result_type(value)}"
-    shapes = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), value)
-    return f"{name} shapes {shapes}"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from manualgrad.core import Example, Op, defop, describe, fail, register
+from manualgrad.core import Example, Op, defop, register
+from manualgrad.errors import describe, fail
 
 __all__ = [
     "mse",

@@ -28,7 +28,9 @@ from manualgrad.nn.dense import (
 from manualgrad.nn.layer import Layer, fanout, init_state, primitive, residual, serial, stateless
 from manualgrad.nn.registry import LAYERS, LayerExample
 from manualgrad.nn.sequence import Embedding, MultiHeadAttention, PositionalEmbedding, TransformerBlock, TransformerLM
-from manualgrad.nn.vision import AvgPool2D, BatchNorm, Conv2D, Dropout, LayerNorm, MaxPool2D
+from manualgrad.nn.dropout import Dropout
+from manualgrad.nn.norm import BatchNorm, LayerNorm
+from manualgrad.nn.vision import AvgPool2D, Conv2D, MaxPool2D
 
 __all__ = [
     "Layer",

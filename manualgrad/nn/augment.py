@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from manualgrad.nn.layer import Layer, primitive, training_key
+from manualgrad.errors import fail
+from manualgrad.nn.layer import Layer, draws_random, primitive
 
 __all__ = ["RandomFlip", "RandomShift"]
 
@@ -33,19 +34,19 @@ def _init(key: jax.Array, input_shape: tuple) -> tuple[tuple, tuple]:
     return tuple(input_shape), ()
 
 
-def _augmenting(name: str, enabled: bool, draw, forward, transpose) -> Layer:
+def _augmenting(name: str, enabled: bool, draw, augment, transpose) -> Layer:
     """A key-driven, parameter-free layer: ``draw(key, x_shape)`` gives the per-example
-    choice, ``forward(x, choice)`` the augmented images and ``transpose(g, choice)`` the
+    choice, ``augment(x, choice)`` the augmented images and ``transpose(g, choice)`` the
     cotangent of ``x``. Identity (and identity backward) when not training or not ``enabled``."""
 
-    def fwd(params, state, x, key, train):
+    def forward(params, state, x, *, key, train):
         _check_images(jnp.shape(x))
-        if not (enabled and training_key(key, train, "draws a random augmentation")):
+        if not (enabled and draws_random(key, train, "draws a random augmentation")):
             return x, state, None
-        return forward(x, draw(key, x.shape)), state, key
+        return augment(x, draw(key, x.shape)), state, key
 
-    def call(params, state, x, key, train):
-        y, state, _ = fwd(params, state, x, key, train)
+    def call(params, state, x, *, key, train):
+        y, state, _ = forward(params, state, x, key=key, train=train)
         return y, state
 
     def bwd(res, y_bar):
@@ -53,7 +54,7 @@ def _augmenting(name: str, enabled: bool, draw, forward, transpose) -> Layer:
             return (), y_bar
         return (), transpose(y_bar, draw(res, y_bar.shape))
 
-    return primitive(name, _init, call, fwd, bwd)
+    return primitive(name, _init, call, forward, bwd)
 
 
 def RandomFlip(p: float = 0.5) -> Layer:
@@ -66,7 +67,7 @@ def RandomFlip(p: float = 0.5) -> Layer:
     """
     name = f"RandomFlip({p!r})"
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
-        raise ValueError(f"manualgrad.nn.{name}: p must be a probability in [0, 1], got {p!r}")
+        fail(f"manualgrad.nn.{name}", f"p must be a probability in [0, 1], got {p!r}")
 
     def draw(key, shape):
         return jax.random.bernoulli(key, p, (shape[0], 1, 1, 1))
@@ -90,7 +91,7 @@ def RandomShift(pad: int) -> Layer:
     """
     name = f"RandomShift({pad!r})"
     if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or pad < 0:
-        raise ValueError(f"manualgrad.nn.{name}: pad must be an integer >= 0, got {pad!r}")
+        fail(f"manualgrad.nn.{name}", f"pad must be an integer >= 0, got {pad!r}")
     pad = int(pad)
 
     def draw(key, shape):

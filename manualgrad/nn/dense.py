@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualgrad import ops
+from manualgrad.errors import fail
 from manualgrad.core import Op
 from manualgrad.nn.layer import Layer, stateless
 
@@ -31,10 +32,10 @@ def Linear(out_dim: int, init: str = "he", dtype: Any = jnp.float32) -> Layer:
     """
     name = f"Linear({out_dim!r})"
     if isinstance(out_dim, bool) or not isinstance(out_dim, (int, np.integer)) or out_dim < 1:
-        raise ValueError(f"manualgrad.nn.{name}: out_dim must be a positive integer (the number of output features)")
+        fail(f"manualgrad.nn.{name}", "out_dim must be a positive integer (the number of output features)")
     out_dim = int(out_dim)
     if init not in _INITS:
-        raise ValueError(f"manualgrad.nn.{name}: init must be one of {_INITS}, got {init!r}")
+        fail(f"manualgrad.nn.{name}", f"init must be one of {_INITS}, got {init!r}")
 
     def init_fn(key, input_shape):
         if len(input_shape) < 1:

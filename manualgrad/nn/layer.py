@@ -1,48 +1,88 @@
-"""The layer convention: four pure functions plus state, keys and a train/eval switch.
+"""The layer convention: init, init_state, and one uniform call with params, state, key and mode.
 
-A :class:`Layer` holds
+A :class:`Layer` is the stax NamedTuple ``(init, apply, fwd, bwd)`` plus ``init_state``:
 
 * ``init(key, input_shape) -> (output_shape, params)``: shapes include the batch axis;
 * ``init_state(input_shape) -> (output_shape, state)``: the layer's non-trained state, a
   pytree kept apart from params so the optimiser never sees it (batch norm's running
   statistics; ``()`` for every layer that has none);
-* ``apply(params, x, *, state=None, key=None, train=False)``: ``y``, or ``(y, new_state)``
-  when ``state`` is passed. Built from manualgrad ops, so ``jax.grad`` of it runs the
-  hand-written rules;
-* ``fwd(params, x, *, state=None, key=None, train=False)``: ``(y, res)``, or
-  ``(y, new_state, res)`` when ``state`` is passed; and ``bwd(res, y_bar) -> (params_bar,
-  x_bar)``: the layer's own forward-with-residuals and backward, used by the explicit pass.
+* ``bwd(res, y_bar) -> (params_bar, x_bar)``: the hand-written backward.
 
-The rule is the same everywhere in manualgrad: **pass state, get state back**. Stateless
-code keeps calling ``model.apply(params, x)``. ``key`` is a ``jax.random`` key for the
-layers that draw random numbers (dropout); containers hand child ``i`` the key
-``fold_in(key, i)``. ``train`` switches dropout on and batch norm to batch statistics.
-This is Haiku's ``apply(params, state, rng, x)`` with equinox's separate state pytree,
-written as keyword arguments so that stateless models need no change.
+**Inside the library** every layer is called in one form, with one argument order (params,
+state, inputs, then keyword key and mode), and always returns its state:
+
+* ``layer.call(params, state, x, *, key=None, train=False) -> (y, new_state)``;
+* ``layer.forward(params, state, x, *, key=None, train=False) -> (y, new_state, res)``: the
+  forward with residuals for ``bwd``, used by the explicit pass.
+
+``state`` is ``()`` for a layer without state; ``None`` means the caller tracks none (a
+stateful layer then computes without it: batch norm trains on batch statistics and returns
+``None``). **At the public edge** the same functions take state as an optional keyword, the
+form stateless code has always used:
+
+* ``apply(params, x, *, state=None, key=None, train=False)``: ``y``, or ``(y, new_state)``
+  when ``state`` is passed;
+* ``fwd(params, x, *, state=None, key=None, train=False)``: ``(y, res)``, or ``(y, new_state,
+  res)`` when ``state`` is passed.
+
+``key`` is a ``jax.random`` key for layers that draw random numbers (dropout, augmentation);
+containers hand child ``i`` the key :func:`manualgrad.keys.child_key` ``(key, i)``. ``train``
+switches dropout on and batch norm to batch statistics. This is Haiku's ``apply(params, state,
+rng, x)`` with equinox's separate state pytree.
+
+``Layer(init, apply, fwd, bwd)`` built by hand from four stax-style functions (``apply(params,
+x)``, ``fwd(params, x) -> (y, res)``) stays a layer: the constructor adapts it once to the
+uniform form (no state, no key), so nothing inside the library tells the two apart.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from manualgrad import ops, trace
+from manualgrad.errors import blame, fail
+from manualgrad.keys import child_key
 
-__all__ = ["Layer", "primitive", "stateless", "serial", "fanout", "residual", "child_key", "init_state", "training_key"]
+__all__ = ["Layer", "primitive", "stateless", "serial", "fanout", "residual", "init_state", "draws_random"]
+
+#: ``call(params, state, x, *, key, train) -> (y, state)``
+Call = Callable[..., tuple[Any, Any]]
+#: ``forward(params, state, x, *, key, train) -> (y, state, res)``
+Forward = Callable[..., tuple[Any, Any, Any]]
 
 
-class Layer(NamedTuple):
-    """A layer or network (see the module docstring for the five functions).
+class Apply:
+    """A layer's public ``apply``: ``y``, or ``(y, new_state)`` when ``state`` is passed.
+    ``.call`` is the uniform form the library uses."""
 
-    ``Layer(init, apply, fwd, bwd)`` with four hand-made functions of the stateless form
-    (``apply(params, x)``, ``fwd(params, x)``) is still a layer: its ``init_state`` is None,
-    and containers, training and checks treat it as a layer without state or randomness.
-    """
+    __slots__ = ("call", "__weakref__")
 
+    def __init__(self, call: Call):
+        self.call = call
+
+    def __call__(self, params: Any, x: Any, *, state: Any = None, key: Any = None, train: bool = False) -> Any:
+        y, new_state = self.call(params, state, x, key=key, train=train)
+        return y if state is None else (y, new_state)
+
+
+class Fwd:
+    """A layer's public ``fwd``: ``(y, res)``, or ``(y, new_state, res)`` when ``state`` is passed.
+    ``.forward`` is the uniform form the library uses."""
+
+    __slots__ = ("forward", "__weakref__")
+
+    def __init__(self, forward: Forward):
+        self.forward = forward
+
+    def __call__(self, params: Any, x: Any, *, state: Any = None, key: Any = None, train: bool = False) -> tuple:
+        y, new_state, res = self.forward(params, state, x, key=key, train=train)
+        return (y, res) if state is None else (y, new_state, res)
+
+
+class _Fields(NamedTuple):
     init: Callable[..., tuple[Any, Any]]
     apply: Callable[..., Any]
     fwd: Callable[..., tuple]
@@ -50,36 +90,44 @@ class Layer(NamedTuple):
     init_state: Callable[[tuple], tuple[Any, Any]] | None = None
 
 
-@contextlib.contextmanager
-def _blame(name: str) -> Iterator[None]:
-    """Prefix an op's ValueError with the layer it was raised in."""
-    try:
-        yield
-    except ValueError as e:
-        raise ValueError(f"manualgrad.nn.{name}: {e}") from None
+class Layer(_Fields):
+    """A layer or network: ``init``, ``apply``, ``fwd``, ``bwd``, ``init_state`` (see the module
+    docstring), and the uniform :meth:`call` and :meth:`forward` the library calls.
+
+    ``Layer(init, apply, fwd, bwd)`` of four stax-style functions is adapted here, once: its
+    state is ``()`` and it takes no key.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, init, apply, fwd, bwd, init_state=None):
+        if not isinstance(apply, Apply) or not isinstance(fwd, Fwd):
+            apply, fwd, init_state = _adapt_stax(init, apply, fwd)
+        return super().__new__(cls, init, apply, fwd, bwd, init_state)
+
+    def call(self, params: Any, state: Any, x: Any, *, key: Any = None, train: bool = False) -> tuple[Any, Any]:
+        """The layer applied: ``(y, new_state)``."""
+        return self.apply.call(params, state, x, key=key, train=train)
+
+    def forward(self, params: Any, state: Any, x: Any, *, key: Any = None, train: bool = False) -> tuple[Any, Any, Any]:
+        """The layer's forward with residuals for ``bwd``: ``(y, new_state, res)``."""
+        return self.fwd.forward(params, state, x, key=key, train=train)
 
 
-def child_key(key: jax.Array | None, i: int) -> jax.Array | None:
-    """The key of a container's ``i``-th child: ``fold_in(key, i)`` (None stays None)."""
-    return None if key is None else jax.random.fold_in(key, i)
+def _adapt_stax(init: Callable, apply: Callable, fwd: Callable) -> tuple[Apply, Fwd, Callable]:
+    """The uniform form of a hand-made ``Layer(init, apply, fwd, bwd)``: no state, no key."""
 
+    def call(params, state, x, *, key=None, train=False):
+        return apply(params, x), state
 
-def training_key(key: jax.Array | None, train: bool, what: str) -> bool:
-    """Whether a random layer is active (``train``); training without a key is an error that says
-    how to pass one (the layer's name is added by :func:`primitive`). ``what`` says what it draws."""
-    if train and key is None:
-        raise ValueError(
-            f"training mode (train=True) {what} and needs a key: pass key=jax.random.key(seed) "
-            "to apply/fwd (fit and make_epoch pass one per step), or train=False for evaluation"
-        )
-    return train
+    def forward(params, state, x, *, key=None, train=False):
+        y, res = fwd(params, x)
+        return y, state, res
 
+    def init_state_(input_shape):
+        return _output_shape(init, tuple(input_shape)), ()
 
-def positive_int(name: str, where: str, value: Any) -> int:
-    """``value`` as an int, or a ValueError naming the layer ``where`` and the argument ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"manualgrad.nn.{where}: {name} must be a positive integer, got {value!r}")
-    return int(value)
+    return Apply(call), Fwd(forward), init_state_
 
 
 def _output_shape(init: Callable, input_shape: tuple) -> tuple:
@@ -95,41 +143,53 @@ def _output_shape(init: Callable, input_shape: tuple) -> tuple:
     return found[0]
 
 
-def _outer(call: Callable, fwd: Callable, bwd: Callable, init: Callable, init_states: Callable) -> Layer:
-    """A Layer from the uniform inner forms ``call(params, state, x, key, train) -> (y, state)``
-    and ``fwd(params, state, x, key, train) -> (y, state, res)``."""
+def _layer(init: Callable, call: Call, forward: Forward, bwd: Callable, init_state_: Callable) -> Layer:
+    return Layer(init, Apply(call), Fwd(forward), bwd, init_state_)
 
-    def apply_(params, x, *, state=None, key=None, train=False):
-        y, new_state = call(params, state, x, key, train)
-        return y if state is None else (y, new_state)
 
-    def fwd_(params, x, *, state=None, key=None, train=False):
-        y, new_state, res = fwd(params, state, x, key, train)
-        return (y, res) if state is None else (y, new_state, res)
-
-    return Layer(init, apply_, fwd_, bwd, init_states)
+def draws_random(key: jax.Array | None, train: bool, what: str) -> bool:
+    """Whether a random layer draws in this call (it does in training); training without a key
+    is an error that says how to pass one (the layer's name is added by :func:`primitive`).
+    ``what`` says what it draws."""
+    if train and key is None:
+        raise ValueError(
+            f"training mode (train=True) {what} and needs a key: pass key=jax.random.key(seed) "
+            "to apply/fwd (fit and make_epoch pass one per step), or train=False for evaluation"
+        )
+    return train
 
 
 def primitive(
     name: str,
     init: Callable,
-    call: Callable,
-    fwd: Callable,
+    call: Call,
+    forward: Forward,
     bwd: Callable,
     state_init: Callable[[tuple], Any] | None = None,
 ) -> Layer:
-    """A leaf layer from ``call(params, state, x, key, train) -> (y, state)``, ``fwd(params,
-    state, x, key, train) -> (y, state, res)``, ``bwd(res, y_bar)`` and, for a layer with
-    state, ``state_init(input_shape) -> state``. Errors name the layer, and the explicit
-    pass records the layer in its trace. ``state`` is None when the caller passed none."""
+    """A leaf layer from its uniform functions.
 
-    def call_(params, state, x, key, train):
-        with _blame(name):
-            return call(params, state, trace.tap(x), key, train)
+    Args:
+      name: the layer's name in errors and traces, e.g. ``"Linear(3)"``.
+      init: ``init(key, input_shape) -> (output_shape, params)``.
+      call: ``call(params, state, x, *, key, train) -> (y, new_state)``.
+      forward: ``forward(params, state, x, *, key, train) -> (y, new_state, res)``.
+      bwd: ``bwd(res, y_bar) -> (params_bar, x_bar)``.
+      state_init: for a layer with state, ``state_init(input_shape) -> state``.
 
-    def fwd_(params, state, x, key, train):
-        with _blame(name):
-            y, state, res = fwd(params, state, x, key, train)
+    Returns:
+      The :class:`Layer`. Its errors are prefixed ``manualgrad.nn.<name>``, and the explicit
+      pass records it in its trace. ``state`` is None when the caller tracks none.
+    """
+    where = f"manualgrad.nn.{name}"
+
+    def call_(params, state, x, *, key=None, train=False):
+        with blame(where):
+            return call(params, state, trace.tap(x), key=key, train=train)
+
+    def forward_(params, state, x, *, key=None, train=False):
+        with blame(where):
+            y, state, res = forward(params, state, x, key=key, train=train)
         return y, state, (res, trace.record_forward(name, x, y))
 
     def bwd_(res, y_bar):
@@ -139,72 +199,45 @@ def primitive(
         return params_bar, x_bar
 
     def init_(key, input_shape):
-        with _blame(name):
+        with blame(where):
             return init(key, tuple(input_shape))
 
     def init_state_(input_shape):
         input_shape = tuple(input_shape)
-        with _blame(name):
+        with blame(where):
             return _output_shape(init, input_shape), (state_init(input_shape) if state_init else ())
 
-    return _outer(call_, fwd_, bwd_, init_, init_state_)
+    return _layer(init_, call_, forward_, bwd_, init_state_)
 
 
 def stateless(name: str, init: Callable, apply: Callable, fwd: Callable, bwd: Callable) -> Layer:
     """A leaf layer with no state and no randomness, from ``apply(params, x)``,
     ``fwd(params, x) -> (y, res)`` and ``bwd(res, y_bar)``; the state passes through."""
 
-    def call(params, state, x, key, train):
+    def call(params, state, x, *, key, train):
         return apply(params, x), state
 
-    def fwd_(params, state, x, key, train):
+    def forward(params, state, x, *, key, train):
         y, res = fwd(params, x)
         return y, state, res
 
-    return primitive(name, init, call, fwd_, bwd)
+    return primitive(name, init, call, forward, bwd)
 
 
 def init_state(layer: Layer, input_shape: tuple) -> tuple[Any, Any]:
-    """``layer.init_state(input_shape)``, also for a hand-made four-function layer (state ``()``)."""
-    if layer.init_state is None:
-        return _output_shape(layer.init, tuple(input_shape)), ()
-    return layer.init_state(input_shape)
-
-
-def _inner(layer: Layer) -> tuple[Callable, Callable]:
-    """``layer``'s uniform inner forms ``call``/``fwd`` (the state always comes back)."""
-    if layer.init_state is None:  # a hand-made stateless layer: apply(params, x), fwd(params, x)
-
-        def call_plain(params, state, x, key, train):
-            return layer.apply(params, x), state
-
-        def fwd_plain(params, state, x, key, train):
-            y, res = layer.fwd(params, x)
-            return y, state, res
-
-        return call_plain, fwd_plain
-
-    def call(params, state, x, key, train):
-        if state is None:
-            return layer.apply(params, x, key=key, train=train), None
-        return layer.apply(params, x, state=state, key=key, train=train)
-
-    def fwd(params, state, x, key, train):
-        if state is None:
-            y, res = layer.fwd(params, x, key=key, train=train)
-            return y, None, res
-        return layer.fwd(params, x, state=state, key=key, train=train)
-
-    return call, fwd
+    """``layer.init_state(input_shape)``: ``(output_shape, state)``."""
+    return layer.init_state(tuple(input_shape))
 
 
 def _child_states(state: Any, n: int, where: str) -> tuple:
+    """A container's state split into its children's (None: the caller tracks none)."""
     if state is None:
         return (None,) * n
     if not isinstance(state, tuple) or len(state) != n:
-        raise ValueError(
-            f"manualgrad.nn.{where}: state must be a tuple with one entry per child ({n}), as "
-            f"init_state returns it; got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else '-'}"
+        fail(
+            f"manualgrad.nn.{where}",
+            f"state must be a tuple with one entry per child ({n}), as init_state returns it; got "
+            f"{type(state).__name__} of length {len(state) if isinstance(state, tuple) else '-'}",
         )
     return state
 
@@ -217,9 +250,8 @@ def serial(*layers: Layer) -> Layer:
     """Layers applied one after the other; params and state are tuples, one entry per layer.
 
     Backward: the chain rule, applied in reverse order; each layer's ``x_bar`` is the
-    ``y_bar`` of the layer before it. Layer ``i`` gets the key ``fold_in(key, i)``.
+    ``y_bar`` of the layer before it. Layer ``i`` gets the key ``child_key(key, i)``.
     """
-    inner = [_inner(layer) for layer in layers]
 
     def init(key, input_shape):
         params = []
@@ -231,23 +263,23 @@ def serial(*layers: Layer) -> Layer:
     def init_states(input_shape):
         states = []
         for layer in layers:
-            input_shape, s = init_state(layer, input_shape)
+            input_shape, s = layer.init_state(input_shape)
             states.append(s)
         return input_shape, tuple(states)
 
-    def call(params, state, x, key, train):
+    def call(params, state, x, *, key=None, train=False):
         states = []
-        for i, ((c, _), p, s) in enumerate(zip(inner, params, _child_states(state, len(layers), "serial"))):
+        for i, (layer, p, s) in enumerate(zip(layers, params, _child_states(state, len(layers), "serial"))):
             with trace.scope(str(i)):
-                x, s = c(p, s, x, child_key(key, i), train)
+                x, s = layer.call(p, s, x, key=child_key(key, i), train=train)
             states.append(s)
         return x, _gather(states, state)
 
-    def fwd(params, state, x, key, train):
+    def forward(params, state, x, *, key=None, train=False):
         res, states = [], []
-        for i, ((_, f), p, s) in enumerate(zip(inner, params, _child_states(state, len(layers), "serial"))):
+        for i, (layer, p, s) in enumerate(zip(layers, params, _child_states(state, len(layers), "serial"))):
             with trace.scope(str(i)):
-                x, s, r = f(p, s, x, child_key(key, i), train)
+                x, s, r = layer.forward(p, s, x, key=child_key(key, i), train=train)
             res.append(r)
             states.append(s)
         return x, _gather(states, state), tuple(res)
@@ -258,7 +290,7 @@ def serial(*layers: Layer) -> Layer:
             params_bar[i], y_bar = layers[i].bwd(res[i], y_bar)
         return tuple(params_bar), y_bar
 
-    return _outer(call, fwd, bwd, init, init_states)
+    return _layer(init, call, forward, bwd, init_states)
 
 
 def fanout(*branches: Layer) -> Layer:
@@ -268,10 +300,9 @@ def fanout(*branches: Layer) -> Layer:
     branches' ``x_bar`` (``dL/dx = sum_k dL_k/dx``). A shared trunk with two heads is
     ``serial(trunk..., fanout(head1, head2))`` and the trunk sees both heads' gradients.
     The explicit pass's trace has a ``fanout(k)`` entry whose ``dL/dx`` is that sum.
-    Params and state are tuples with one entry per branch; branch ``i`` gets ``fold_in(key, i)``.
+    Params and state are tuples with one entry per branch; branch ``i`` gets ``child_key(key, i)``.
     """
     name = f"fanout({len(branches)})"
-    inner = [_inner(b) for b in branches]
 
     def init(key, input_shape):
         shapes, params = [], []
@@ -282,25 +313,25 @@ def fanout(*branches: Layer) -> Layer:
         return tuple(shapes), tuple(params)
 
     def init_states(input_shape):
-        shapes, states = zip(*(init_state(b, input_shape) for b in branches))
+        shapes, states = zip(*(b.init_state(input_shape) for b in branches))
         return tuple(shapes), tuple(states)
 
-    def call(params, state, x, key, train):
+    def call(params, state, x, *, key=None, train=False):
         x = trace.tap(x)
         ys, states = [], []
-        for i, ((c, _), p, s) in enumerate(zip(inner, params, _child_states(state, len(branches), name))):
+        for i, (b, p, s) in enumerate(zip(branches, params, _child_states(state, len(branches), name))):
             with trace.scope(f"head{i}"):
-                y, s = c(p, s, x, child_key(key, i), train)
+                y, s = b.call(p, s, x, key=child_key(key, i), train=train)
             ys.append(y)
             states.append(s)
         return tuple(ys), _gather(states, state)
 
-    def fwd(params, state, x, key, train):
+    def forward(params, state, x, *, key=None, train=False):
         ys, res, states = [], [], []
         slot = trace.record_forward(name, x, None)
-        for i, ((_, f), p, s) in enumerate(zip(inner, params, _child_states(state, len(branches), name))):
+        for i, (b, p, s) in enumerate(zip(branches, params, _child_states(state, len(branches), name))):
             with trace.scope(f"head{i}"):
-                y, s, r = f(p, s, x, child_key(key, i), train)
+                y, s, r = b.forward(p, s, x, key=child_key(key, i), train=train)
             ys.append(y)
             res.append(r)
             states.append(s)
@@ -317,7 +348,7 @@ def fanout(*branches: Layer) -> Layer:
         trace.record_backward(slot, tuple(y_bars), (), x_bar)
         return tuple(params_bar), x_bar
 
-    return _outer(call, fwd, bwd, init, init_states)
+    return _layer(init, call, forward, bwd, init_states)
 
 
 def residual(*layers: Layer) -> Layer:
@@ -331,16 +362,15 @@ def residual(*layers: Layer) -> Layer:
     """
     name = f"residual({len(layers)})"
     body = serial(*layers)
-    call_body, fwd_body = _inner(body)
 
-    def call(params, state, x, key, train):
+    def call(params, state, x, *, key=None, train=False):
         x = trace.tap(x)
-        h, state = call_body(params, state, x, key, train)
+        h, state = body.call(params, state, x, key=key, train=train)
         return ops.add(x, h), state
 
-    def fwd(params, state, x, key, train):
+    def forward(params, state, x, *, key=None, train=False):
         slot = trace.record_forward(name, x, None)
-        h, state, res = fwd_body(params, state, x, key, train)
+        h, state, res = body.forward(params, state, x, key=key, train=train)
         y, add_res = ops.add.fwd(x, h)
         trace.fill_output(slot, y)
         return y, state, (res, add_res, slot)
@@ -356,10 +386,10 @@ def residual(*layers: Layer) -> Layer:
     def init(key, input_shape):
         output_shape, params = body.init(key, input_shape)
         if tuple(output_shape) != tuple(input_shape):
-            raise ValueError(
-                f"manualgrad.nn.{name}: the branch maps input_shape={tuple(input_shape)} to {tuple(output_shape)}; "
-                "x + f(x) needs f to keep the shape"
+            fail(
+                f"manualgrad.nn.{name}",
+                f"the branch maps input_shape={tuple(input_shape)} to {tuple(output_shape)}; x + f(x) needs f to keep the shape",
             )
         return output_shape, params
 
-    return _outer(call, fwd, bwd, init, body.init_state)
+    return _layer(init, call, forward, bwd, body.init_state)

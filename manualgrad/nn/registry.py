@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from manualgrad.nn import augment, dense, sequence, vision
+from manualgrad.nn import augment, dense, dropout, norm, sequence, vision
 from manualgrad.nn.layer import Layer, fanout, residual, serial
 
 __all__ = ["LayerExample", "LAYERS"]
@@ -44,10 +44,10 @@ LAYERS: dict[str, LayerExample] = {
     "MaxPool2D": LayerExample(lambda: vision.MaxPool2D(2), (2, 4, 4, 3)),
     "MaxPool2D-overlapping": LayerExample(lambda: vision.MaxPool2D(3, stride=2, padding=1), (1, 5, 5, 2)),
     "AvgPool2D": LayerExample(lambda: vision.AvgPool2D(2, stride=1), (2, 3, 3, 2)),
-    "BatchNorm": LayerExample(vision.BatchNorm, (4, 3, 3, 2)),
-    "BatchNorm-dense": LayerExample(lambda: vision.BatchNorm(momentum=0.3), (5, 3)),
-    "LayerNorm": LayerExample(vision.LayerNorm, (2, 3, 4)),
-    "Dropout": LayerExample(lambda: vision.Dropout(0.4), (3, 5)),
+    "BatchNorm": LayerExample(norm.BatchNorm, (4, 3, 3, 2)),
+    "BatchNorm-dense": LayerExample(lambda: norm.BatchNorm(momentum=0.3), (5, 3)),
+    "LayerNorm": LayerExample(norm.LayerNorm, (2, 3, 4)),
+    "Dropout": LayerExample(lambda: dropout.Dropout(0.4), (3, 5)),
     "RandomFlip": LayerExample(augment.RandomFlip, (6, 3, 4, 2)),
     "RandomShift": LayerExample(lambda: augment.RandomShift(2), (5, 4, 6, 2)),
     "Embedding": LayerExample(lambda: sequence.Embedding(7, 3), (2, 5), ids=7),
@@ -59,14 +59,14 @@ LAYERS: dict[str, LayerExample] = {
     "residual": LayerExample(lambda: residual(dense.Linear(3), dense.Tanh()), (2, 3)),
     "serial-cnn": LayerExample(
         lambda: serial(
-            vision.Conv2D(3, 3, padding=1), vision.BatchNorm(), dense.ReLU(), vision.MaxPool2D(2),
-            vision.Dropout(0.25), dense.Flatten(), dense.Linear(4),
+            vision.Conv2D(3, 3, padding=1), norm.BatchNorm(), dense.ReLU(), vision.MaxPool2D(2),
+            dropout.Dropout(0.25), dense.Flatten(), dense.Linear(4),
         ),
         (2, 4, 4, 1),
     ),
     "fanout-heads": LayerExample(
-        lambda: serial(dense.Linear(4), vision.LayerNorm(), fanout(serial(vision.Dropout(0.5), dense.Linear(2)),
-                                                                     serial(vision.BatchNorm(), dense.Linear(1)))),
+        lambda: serial(dense.Linear(4), norm.LayerNorm(), fanout(serial(dropout.Dropout(0.5), dense.Linear(2)),
+                                                                     serial(norm.BatchNorm(), dense.Linear(1)))),
         (3, 5),
     ),
 }

@@ -18,8 +18,10 @@ import numpy as np
 
 from manualgrad import ops
 from manualgrad.nn.dense import GELU, Linear
-from manualgrad.nn.layer import Layer, positive_int, residual, serial, stateless
-from manualgrad.nn.vision import Dropout, LayerNorm
+from manualgrad.errors import fail, positive_int
+from manualgrad.nn.layer import Layer, residual, serial, stateless
+from manualgrad.nn.dropout import Dropout
+from manualgrad.nn.norm import LayerNorm
 
 __all__ = ["Embedding", "PositionalEmbedding", "MultiHeadAttention", "TransformerBlock", "TransformerLM"]
 
@@ -33,7 +35,7 @@ def Embedding(vocab_size: int, dim: int, std: float = 0.02, dtype: Any = jnp.flo
     when they are concrete; under ``jit`` they give NaN rows (see the op).
     """
     name = f"Embedding({vocab_size!r}, {dim!r})"
-    vocab_size, dim = positive_int("vocab_size", name, vocab_size), positive_int("dim", name, dim)
+    vocab_size, dim = positive_int(f"manualgrad.nn.{name}", "vocab_size", vocab_size), positive_int(f"manualgrad.nn.{name}", "dim", dim)
 
     def init(key, input_shape):
         return tuple(input_shape) + (dim,), {"table": jax.random.normal(key, (vocab_size, dim), dtype) * std}
@@ -76,9 +78,9 @@ def PositionalEmbedding(max_len: int, kind: str = "learned", std: float = 0.02, 
     A sequence longer than ``max_len`` is an error: the table has no row for its positions.
     """
     name = f"PositionalEmbedding({max_len!r}, {kind!r})"
-    max_len = positive_int("max_len", name, max_len)
+    max_len = positive_int(f"manualgrad.nn.{name}", "max_len", max_len)
     if kind not in _POSITIONS:
-        raise ValueError(f"manualgrad.nn.{name}: kind must be one of {_POSITIONS}, got {kind!r}")
+        fail(f"manualgrad.nn.{name}", f"kind must be one of {_POSITIONS}, got {kind!r}")
 
     def positions(x):
         if jnp.ndim(x) < 2:
@@ -139,7 +141,7 @@ def MultiHeadAttention(heads: int, causal: bool = True, block: int = 128, dtype:
     sum of the three projections' input cotangents.
     """
     name = f"MultiHeadAttention({heads!r}, causal={causal!r})"
-    heads = positive_int("heads", name, heads)
+    heads = positive_int(f"manualgrad.nn.{name}", "heads", heads)
 
     def init(key, input_shape):
         if len(input_shape) < 2 or input_shape[-1] % heads:

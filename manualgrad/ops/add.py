@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualgrad.core import Example, defop, describe, fail, same_dtype
+from manualgrad.core import Example, defop
+from manualgrad.errors import describe, fail, same_dtype
 
 _WHERE = "manualgrad.ops.add"
 

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from manualgrad.core import Example, defop, describe, fail
+from manualgrad.core import Example, defop
+from manualgrad.errors import describe, fail
 
 _WHERE = "manualgrad.ops.attention"
 

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from manualgrad.core import Example, defop, describe, fail, same_dtype
+from manualgrad.core import Example, defop
+from manualgrad.errors import describe, fail, same_dtype
 from manualgrad.ops import windows
 
 _WHERE = "manualgrad.ops.conv2d"

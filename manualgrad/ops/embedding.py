@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualgrad.core import Example, defop, describe, fail
+from manualgrad.core import Example, defop
+from manualgrad.errors import describe, fail
 
 _WHERE = "manualgrad.ops.embedding"
 

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from manualgrad.core import Example, defop, describe, fail, same_dtype
+from manualgrad.core import Example, defop
+from manualgrad.errors import describe, fail, same_dtype
 
 
 def _check_linear(x: jax.Array, w: jax.Array, b: jax.Array) -> None:

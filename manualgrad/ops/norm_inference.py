@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from manualgrad.core import Example, defop, describe, fail, same_dtype
+from manualgrad.core import Example, defop
+from manualgrad.errors import describe, fail, same_dtype
 
 
 def _check(x: jax.Array, gamma: jax.Array, beta: jax.Array, mean: jax.Array, var: jax.Array, eps: float = 1e-5) -> None:

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualgrad.core import Example, defop, describe, fail
+from manualgrad.core import Example, defop
+from manualgrad.errors import describe, fail
 
 
 def _check_flatten(x: jax.Array) -> None:

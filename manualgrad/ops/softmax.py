@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from manualgrad.core import Example, defop, describe, fail
+from manualgrad.core import Example, defop
+from manualgrad.errors import describe, fail
 
 
 def _check_axis(where: str):
