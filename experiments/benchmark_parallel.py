@@ -29,6 +29,11 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Set ``--devices`` fake CPU devices, measure, write ``parallel.json`` and print the table.
+
+    Returns:
+        The exit status (0; 2 for unusable flags or when JAX started before the devices could be set).
+    """
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/benchmark-parallel", help="folder for parallel.json")
     p.add_argument("--devices", type=int, default=4, help="fake CPU devices of the big mesh")
@@ -49,15 +54,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def measure(devices: int, rounds: int, block_seconds: float) -> dict:
+    """The plain and data-parallel MNIST MLP steps, and the all-reduce alone.
+
+    Args:
+        devices: the size of the big mesh (that many local devices must exist).
+        rounds: timed rounds (rows report the median).
+        block_seconds: the length of one timed block of steps.
+
+    Returns:
+        The parallel.json document: ``device``, ``devices``, ``jax``, ``rows`` (``model``, ``batch``,
+        ``grad``, ``step``, ``step_ms``, ``temp_bytes``) and ``all_reduce`` (``devices``, ``bytes``, ``ms``).
+    """
     import jax
 
     from experiments import common
-    from experiments.benchmark import device_description, random_batch
-    from experiments.timing import step_runner, temp_bytes, time_interleaved
+    from experiments.benchmark.configs import random_batch
+    from experiments.benchmark.machine import device_description
+    from experiments.benchmark.timing import step_runner, temp_bytes, time_interleaved
     from manualgrad import malloc, parallel, train
 
     malloc.reuse_freed_memory()
     task = common.MNIST
+    model = task.model()
     rows = []
     for batch in (128, 1024):
         runners, temps = {}, {}
@@ -67,7 +85,7 @@ def measure(devices: int, rounds: int, block_seconds: float) -> dict:
             for mesh_size in (None, 1, devices, -devices):
                 mesh = None if mesh_size is None else parallel.data_mesh(abs(mesh_size))
                 opt = train.sgd_with_clipping(0.01, 5.0, 0.9)
-                params = task.init(0)
+                params = task.init(model, 0)
                 state = [params, opt.init(params)]
                 x, y = random_batch(task, batch)
                 if mesh is None:
@@ -75,7 +93,7 @@ def measure(devices: int, rounds: int, block_seconds: float) -> dict:
                 else:
                     state = list(parallel.replicate(mesh, parallel.local(state)))
                     batch_arrays = parallel.global_batch(mesh, (x, y), batch)
-                step = train.make_train_step(task.model(), task.loss, opt, grad, mesh=mesh if (mesh_size or 0) > 0 else None)
+                step = train.make_train_step(model, task.loss, opt, grad, mesh=mesh if (mesh_size or 0) > 0 else None)
                 compiled = step.lower(*state, batch_arrays).compile()
                 name = (grad, "plain" if mesh is None else f"shard_map x{mesh_size}" if mesh_size > 0 else f"jit sharding x{-mesh_size}")
                 # one step in flight at a time (see the module docstring)
@@ -86,7 +104,7 @@ def measure(devices: int, rounds: int, block_seconds: float) -> dict:
                   "temp_bytes": temps[(g, s)]} for (g, s), t in seconds.items()]
     # the all-reduce alone: psum of a params-shaped tree (what every step sends) over the mesh
     mesh = parallel.data_mesh(devices)
-    params = parallel.replicate(mesh, parallel.local(task.init(0)))
+    params = parallel.replicate(mesh, parallel.local(task.init(model, 0)))
     spec = jax.sharding.PartitionSpec()
     psum = jax.jit(jax.shard_map(lambda t: jax.lax.psum(t, parallel.AXIS), mesh=mesh, in_specs=spec, out_specs=spec,
                                  check_vma=False))
@@ -103,6 +121,7 @@ def measure(devices: int, rounds: int, block_seconds: float) -> dict:
 
 
 def markdown(result: dict) -> str:
+    """The table of :func:`measure`'s rows with their ratios to the plain step, and the all-reduce's time."""
     lines = [f"{result['device']}, {result['devices']} fake CPU devices (jax {result['jax']}).", "",
              "| model | batch | grad | step | step ms | ratio to plain | XLA temp bytes |", "|---|---:|---|---|---:|---:|---:|"]
     plain = {(r["batch"], r["grad"]): r["step_ms"] for r in result["rows"] if r["step"] == "plain"}

@@ -6,7 +6,7 @@ split's statistics, target in $100,000, seeded 80/20 split. See ``--help`` for t
 
 import sys
 
-from experiments.common import CALIFORNIA_HOUSING, main
+from experiments import common, harness
 
 if __name__ == "__main__":
-    sys.exit(main(CALIFORNIA_HOUSING, __doc__))
+    sys.exit(harness.main(common.experiment("california_housing", __doc__)))

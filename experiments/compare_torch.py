@@ -44,7 +44,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from experiments import common
+from experiments import common, flags, harness
+from experiments.optimizers import SGD, sgd_learning_rate
 from manualgrad import data, nn, train
 
 
@@ -224,7 +225,7 @@ def run_torch(task: common.Task, args: argparse.Namespace, ds: data.Dataset, par
     loss_fn = torch_loss(task)
     x, x_test = torch_inputs(task, ds.x_train), torch_inputs(task, ds.x_test)
     y, y_test = torch_labels(task, ds.y_train), torch_labels(task, ds.y_test)
-    key, step = common.shuffle_key(args.seed), 0
+    key, step = harness.seed_keys(args.seed)[1], 0
     run: dict[str, Any] = {"epoch_seconds": [], "train_loss": [], "params": []}
     for epoch in range(1, args.epochs + 1):
         batches = np.asarray(train.epoch_permutation(train.epoch_key(key, epoch), len(ds.x_train), args.batch_size))
@@ -259,7 +260,7 @@ def run_torch(task: common.Task, args: argparse.Namespace, ds: data.Dataset, par
 
 
 def table(result: dict, metric: str) -> str:
-    """The two runs as a plain-text table."""
+    """The two runs of :func:`compare`'s ``result`` as a plain-text table, ``metric`` the task's test metric."""
     j, t = result["jax"], result["torch"]
     rows = [
         ("", "manualgrad (JAX)", "PyTorch"),
@@ -288,10 +289,11 @@ def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
 
 
-def run_jax(task: common.Task, args: argparse.Namespace, ds: data.Dataset, params: Any, schedule: Any) -> dict:
-    """The experiment's own training (``manualgrad.train.fit``); keeps its params after each epoch."""
+def run_jax(model: nn.Layer, task: common.Task, args: argparse.Namespace, ds: data.Dataset, params: Any,
+            schedule: Any) -> dict:
+    """The experiment's own training (``manualgrad.train.fit``) of ``model`` (:func:`jax_model`);
+    keeps its params after each epoch."""
     snapshots: list[list[np.ndarray]] = []
-    model = jax_model(task)
     # the state in the params' dtype (BatchNorm makes float32 running statistics)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     state = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype),
@@ -304,7 +306,7 @@ def run_jax(task: common.Task, args: argparse.Namespace, ds: data.Dataset, param
         ds,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        key=common.shuffle_key(args.seed),
+        key=harness.seed_keys(args.seed)[1],
         metric=task.metric,
         on_epoch=lambda entry, p: snapshots.append(jax.device_get(jax.tree_util.tree_leaves(p))),
         state=state,
@@ -315,27 +317,34 @@ def run_jax(task: common.Task, args: argparse.Namespace, ds: data.Dataset, param
 def compare(task: common.Task, args: argparse.Namespace, ds: data.Dataset | None = None, *, sensitivity: bool = True) -> dict:
     """Run both frameworks on ``task`` with ``args`` and return the comparison.
 
-    ``ds``: the prepared dataset to use instead of ``task.load(args.data_dir, args.limit)``;
-    ``sensitivity=False`` skips the third run, JAX from nudged weights (its entry is then None).
+    Args:
+        task: what to train (its MLP or CNN).
+        args: the parsed flags.
+        ds: the prepared dataset to use instead of ``task.load(args.data_dir)`` (``--limit`` applied).
+        sensitivity: False skips the third run, JAX from nudged weights (its entry is then None).
+
+    Returns:
+        The document written to ``comparison.json``.
     """
     if ds is None:
-        ds = task.load(args.data_dir, args.limit)
-    common.check_data(args, len(ds.x_train))
-    params = task.init(args.seed)
+        ds = harness.limited(task.load(args.data_dir), args.limit)
+    flags.check_batches(args, len(ds.x_train))
+    model = jax_model(task)
+    params = task.init(model, args.seed)
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
         ds = data.Dataset(ds.name, *(a.astype(np.float64) if a.dtype == np.float32 else a
                                      for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test)), ds.info)
         params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
-    schedule = common.learning_rate(args, len(ds.x_train))
+    schedule = sgd_learning_rate(args, len(ds.x_train))
     torch_run = run_torch(task, args, ds, params, schedule)
-    jax_run = run_jax(task, args, ds, params, schedule)
+    jax_run = run_jax(model, task, args, ds, params, schedule)
     # The same JAX run from weights perturbed by one part in 1e7 (about one float32 ulp):
     # how far the training trajectory itself carries a rounding-sized difference.
     if sensitivity:
         rng = np.random.default_rng(args.seed)
         nudged = jax.tree_util.tree_map(lambda a: a * (1 + 1e-7 * rng.choice([-1.0, 1.0], np.shape(a))).astype(a.dtype), params)
-        nudged_run = run_jax(task, args, ds, nudged, schedule)
+        nudged_run = run_jax(model, task, args, ds, nudged, schedule)
     diffs = [max_abs_diff(a, b) for a, b in zip(jax_run["params"], torch_run["params"], strict=True)]
     state_diff = max_abs_diff(jax_run["state"], torch_run.pop("state")) if jax_run["state"] else None
     notes = [n for n in (dropout_note(task),) if n]
@@ -373,8 +382,10 @@ OUT = "runs/compare_{task}"
 OUT_CNN = "runs/compare_{task}_cnn"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = common.parser(None, __doc__, training=False, out=OUT)
+def parser() -> argparse.ArgumentParser:
+    """The flags: the training flags of every task (their defaults listed per task in ``--help``),
+    ``--task``, ``--model`` and ``--dtype``."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=flags.HelpFormatter)
     p.add_argument("--task", choices=tuple(common.TASKS), required=True, help="which experiment to compare")
     p.add_argument(
         "--model",
@@ -384,12 +395,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"as in the CNN experiment, --out {OUT_CNN.format(task='TASK')})",
     )
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="precision of both runs")
+    defaults = flags.Defaults(listed={name: task.defaults for name, task in common.TASKS.items()})
+    flags.add_size_flags(p, defaults)
+    SGD().add_flags(p, defaults)
+    flags.add_seed_flags(p)
+    flags.add_io_flags(p, None, "comparison.json", out=OUT)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m experiments.compare_torch``: train both frameworks, write ``comparison.json``,
+    print the table.
+
+    Returns:
+        The exit status: 0, or 1 without PyTorch or the data (unusable flags exit with status 2).
+    """
+    p = parser()
     args = p.parse_args(argv)
     if args.model == "cnn" and args.task not in common.CNN_TASKS:
         p.error(f"--model cnn: {args.task} has no CNN (choose from {', '.join(common.CNN_TASKS)})")
     task = common.task_for(args.task, args.model)
-    common.fill_task_defaults(task, args, out=OUT_CNN if args.model == "cnn" else OUT)
-    common.check_args(p, args)
+    flags.fill_defaults(args, task.defaults)
+    if args.out is None:
+        args.out = (OUT_CNN if args.model == "cnn" else OUT).format(task=task.name)
+    flags.check_size_flags(p, args)
+    SGD().check(p, args)
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -397,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         result = compare(task, args)
-    except common.FlagError as e:
+    except flags.FlagError as e:
         p.error(str(e))
     except data.MissingDataError as e:
         print(f"error: {e}", file=sys.stderr)

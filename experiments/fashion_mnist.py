@@ -9,7 +9,7 @@ then dropout before the output layer (see ``experiments.common.cnn``); 30 epochs
 
 import sys
 
-from experiments.common import FASHION_MNIST, main
+from experiments import common, harness
 
 if __name__ == "__main__":
-    sys.exit(main(FASHION_MNIST, __doc__))
+    sys.exit(harness.main(common.experiment("fashion_mnist", __doc__)))

@@ -8,7 +8,7 @@ gradient clipped to global norm 5: about 98.3% test accuracy. ``--model cnn``: t
 
 import sys
 
-from experiments.common import MNIST, main
+from experiments import common, harness
 
 if __name__ == "__main__":
-    sys.exit(main(MNIST, __doc__))
+    sys.exit(harness.main(common.experiment("mnist", __doc__)))

@@ -14,100 +14,161 @@ continues from it) and ``sample.txt``: characters drawn from the trained model w
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import math
-import pathlib
 import sys
-import time
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
-import optax
 
-from experiments.common import (
-    CHECKPOINT, FlagError, HelpFormatter, add_devices_flag, join_processes, mesh_for, run_environment,
+from experiments import harness, outputs
+from experiments.flags import Defaults, require
+from experiments.optimizers import AdamW
+from manualgrad import data, losses, nn, train
+
+DESCRIPTION = __doc__
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+    """How the text becomes ids and back: the windows to train on, and the sample's prompt and text."""
+
+    load: Callable[[argparse.Namespace], data.Dataset]
+    vocab_size: Callable[[data.Dataset], int]
+    encode: Callable[[str, data.Dataset], np.ndarray]
+    decode: Callable[[np.ndarray, data.Dataset], str]
+
+
+#: one id per character; the vocabulary (a string) is in the dataset's ``info["vocab"]``
+CHARACTERS = Tokenizer(
+    load=lambda args: data.load("shakespeare", args.data_dir, context=args.context, seed=args.seed),
+    vocab_size=lambda ds: len(ds.info["vocab"]),
+    encode=lambda text, ds: data.shakespeare.encode(text, ds.info["vocab"]),
+    decode=lambda ids, ds: data.shakespeare.decode(ids, ds.info["vocab"]),
 )
-from manualgrad import checkpoint, data, losses, malloc, nn, parallel, train
 
-# flags that change the trajectory: --resume refuses a checkpoint written with other values
-RESUME_MUST_MATCH = (
-    "context", "width", "depth", "heads", "positions", "dropout", "batch_size", "lr", "warmup_steps", "decay_epochs",
-    "weight_decay", "max_norm", "seed", "grad", "limit",
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModel:
+    """One choice of model: its description, the flags' defaults with it, and how to build it (and
+    its loss) from the flags and the vocabulary size."""
+
+    summary: str
+    defaults: Mapping[str, Any]
+    build: Callable[[argparse.Namespace, int], harness.Net]
+
+
+TRANSFORMER = LanguageModel(
+    summary="character-level transformer",
+    defaults={"context": 128, "width": 128, "depth": 4, "heads": 4, "epochs": 2, "batch_size": 32, "lr": 3e-3,
+              "warmup_steps": 100, "weight_decay": 0.1, "max_norm": 1.0},
+    build=lambda args, vocab: harness.Net(
+        nn.TransformerLM(vocab, args.context, args.width, args.depth, args.heads, args.positions, args.dropout),
+        losses.softmax_cross_entropy),
 )
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    model = p.add_argument_group("model")
-    model.add_argument("--context", type=int, default=128, help="characters the model sees (T)")
-    model.add_argument("--width", type=int, default=128, help="model width D")
-    model.add_argument("--depth", type=int, default=4, help="transformer blocks")
-    model.add_argument("--heads", type=int, default=4, help="attention heads (must divide --width)")
-    model.add_argument("--positions", choices=("learned", "sinusoidal"), default="learned", help="position vectors")
-    model.add_argument("--dropout", type=float, default=0.0, help="dropout after attention and MLP in each block")
-    opt = p.add_argument_group("training")
-    opt.add_argument("--epochs", type=int, default=2, help="passes over the training windows (also when resuming)")
-    opt.add_argument("--batch-size", type=int, default=32, help="windows per step")
-    opt.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
-    opt.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up from 0 to --lr")
-    opt.add_argument("--decay-epochs", type=int, default=None,
-                     help="length of warm-up plus cosine decay, in epochs (default: --epochs)")
-    opt.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's decoupled weight decay (matrices only)")
-    opt.add_argument("--max-norm", type=float, default=1.0, help="clip the gradient to this global L2 norm")
-    opt.add_argument("--seed", type=int, default=0, help="initial weights, training windows and shuffling")
-    opt.add_argument("--grad", choices=train.GRADS, default="manual", help="where the gradient comes from")
-    opt.add_argument("--limit", type=int, default=None, help="use only the first N training windows (smoke runs)")
-    add_devices_flag(opt)
-    io = p.add_argument_group("data and output")
-    io.add_argument("--data-dir", default=None,
-                    help=f"folder holding shakespeare/shakespeare.txt (default: ${data.DATA_DIR_ENV}, else online)")
-    io.add_argument("--out", default="runs/shakespeare", help="where metrics.json, curves.png, the checkpoint and sample.txt go")
-    io.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
-    io.add_argument("--no-progress", action="store_true", help="no progress bar")
-    io.add_argument("--sample-chars", type=int, default=500, help="characters to sample into OUT/sample.txt")
-    io.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (logits / T)")
-    io.add_argument("--prompt", default="\n", help="text the sample starts from")
-    return p
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(init, shuffle, sample)``: the initial params', the shuffling and the sample's keys from ``--seed``."""
+    init, shuffle, sample_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return init, shuffle, sample_key
 
 
-def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse flag values that cannot train (argparse's error: usage and exit status 2)."""
-    if args.decay_epochs is None:
-        args.decay_epochs = args.epochs
-    for name in ("context", "width", "depth", "heads", "epochs", "batch_size", "decay_epochs"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.width % args.heads:
-        p.error(f"--heads {args.heads} must divide --width {args.width}")
-    for name in ("lr", "max_norm", "temperature"):
-        if not getattr(args, name) > 0:
-            p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if not 0 <= args.dropout < 1:
-        p.error(f"--dropout must be in [0, 1), got {args.dropout}")
-    if args.warmup_steps < 0 or args.weight_decay < 0 or args.sample_chars < 0:
-        p.error("--warmup-steps, --weight-decay and --sample-chars must be >= 0")
-    if args.limit is not None and args.limit < args.batch_size:
-        p.error(f"--limit {args.limit} must be at least --batch-size {args.batch_size}")
+class Shakespeare(harness.Experiment):
+    """The language model on the complete works: AdamW, validation loss in bits per character, and a
+    sample of the trained model in ``sample.txt``."""
 
+    name = "shakespeare"
+    description = DESCRIPTION
+    # a second entry brings --model (its entry's defaults for the other flags); record the choice in
+    # config()'s head and resume_keys, as common.TaskExperiment does with "model"
+    models = {"transformer": TRANSFORMER}
+    optimizer = AdamW()
+    examples = "windows"
+    headline = "test_bits_per_char"
+    resume_keys = ("context", "width", "depth", "heads", "positions", "dropout")
+    extra_files = ("sample.txt",)
 
-def model_of(args: argparse.Namespace, vocab_size: int) -> nn.Layer:
-    return nn.TransformerLM(vocab_size, args.context, args.width, args.depth, args.heads, args.positions, args.dropout)
+    def add_flags(self, groups: harness.Groups, defaults: Defaults) -> None:
+        model = groups.model
+        model.add_argument("--context", type=int, **defaults.flag("context", "tokens the model sees (T)"))
+        model.add_argument("--width", type=int, **defaults.flag("width", "model width D"))
+        model.add_argument("--depth", type=int, **defaults.flag("depth", "transformer blocks"))
+        model.add_argument("--heads", type=int, **defaults.flag("heads", "attention heads (must divide --width)"))
+        model.add_argument("--positions", choices=("learned", "sinusoidal"), default="learned", help="position vectors")
+        model.add_argument("--dropout", type=float, default=0.0, help="dropout after attention and MLP in each block")
+        out = groups.output
+        out.add_argument("--sample-chars", type=int, default=500, help="characters to sample into OUT/sample.txt")
+        out.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (logits / T)")
+        out.add_argument("--prompt", default="\n", help="text the sample starts from")
 
+    def check(self, p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        require(p, args, at_least_one=("context", "width", "depth", "heads"), positive=("temperature",),
+                fraction=("dropout",), non_negative=("sample_chars",))
+        if args.width % args.heads:
+            p.error(f"--heads {args.heads} must divide --width {args.width}")
 
-def learning_rate(args: argparse.Namespace, train_windows: int) -> optax.Schedule:
-    """Linear warm-up to ``--lr`` over ``--warmup-steps``, then a cosine to 0 at ``--decay-epochs``."""
-    total = args.decay_epochs * (train_windows // args.batch_size)
-    return optax.warmup_cosine_decay_schedule(0.0, args.lr, min(args.warmup_steps, total - 1), max(total, 1))
+    def tokenizer(self, args: argparse.Namespace) -> Tokenizer:
+        """The text's tokenizer (a second one: a ``--tokenizer`` flag in :meth:`add_flags` choosing it here)."""
+        return CHARACTERS
+
+    def load(self, model: LanguageModel, args: argparse.Namespace) -> data.Dataset:
+        return self.tokenizer(args).load(args)
+
+    def build(self, model: LanguageModel, args: argparse.Namespace, ds: data.Dataset) -> harness.Net:
+        return model.build(args, self.tokenizer(args).vocab_size(ds))
+
+    def keys(self, seed: int) -> tuple[jax.Array, jax.Array]:
+        return seed_keys(seed)[:2]
+
+    def fit_options(self, run: harness.Run) -> dict[str, Any]:
+        return {"eval_batch_size": 256}
+
+    def config(self, run: harness.Run) -> tuple[dict[str, Any], dict[str, Any]]:
+        info = run.data.info
+        return {}, {"vocab_size": self.tokenizer(run.args).vocab_size(run.data),
+                    "parameters": int(sum(np.size(a) for a in jax.tree_util.tree_leaves(run.params))),
+                    "train_chars": info["train_chars"], "test_chars": info["test_chars"]}
+
+    def epoch_metrics(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        return {"test_bits_per_char": entry["test_loss"] / math.log(2)}
+
+    def files(self, run: harness.Run, history: train.History) -> dict[str, str]:
+        args, tokenizer = run.args, self.tokenizer(run.args)
+        prompt = tokenizer.encode(args.prompt, run.data)
+        ids = sample(run.net.layer, history.params, prompt, args.sample_chars, args.context, seed_keys(args.seed)[2],
+                     args.temperature)
+        return {"sample.txt": args.prompt + tokenizer.decode(ids, run.data)}
+
+    def panels(self, run: harness.Run, history: train.History) -> list[outputs.Panel]:
+        return [outputs.loss_panel(history, title=f"shakespeare: {run.model.summary}", ylabel="bits per character",
+                                   test_label="validation", scale=1 / math.log(2))]
+
+    def result(self, model: LanguageModel, args: argparse.Namespace, test: Mapping[str, float]) -> str:
+        return (f"grad={args.grad}: validation loss {test['loss']:.4f} nats/char "
+                f"({test['bits_per_char']:.4f} bits/char)")
 
 
 def sample(model: nn.Layer, params: Any, prompt: np.ndarray, steps: int, context: int, key: jax.Array,
            temperature: float) -> np.ndarray:
-    """``steps`` ids drawn one at a time after ``prompt``: each from ``softmax(logits / temperature)``
-    at the last position of the (at most ``context``) characters so far.
+    """Ids drawn one at a time after ``prompt``, each from ``softmax(logits / temperature)`` at the
+    last position of the (at most ``context``) ids so far.
 
     The model is causal, so the window is fed left-aligned in a fixed ``(1, context)`` array
     (one compilation) and the logits at the last real position ignore the padding after it.
+
+    Args:
+        model: the language model (ids ``(B, T)`` to logits ``(B, T, V)``).
+        params: its params.
+        prompt: the ids the sample continues.
+        steps: how many ids to draw.
+        context: the longest window the model takes.
+        key: draw ``i`` uses ``fold_in(key, i)``.
+        temperature: the logits are divided by it.
+
+    Returns:
+        The ``steps`` drawn ids (without the prompt).
     """
 
     @jax.jit
@@ -124,116 +185,9 @@ def sample(model: nn.Layer, params: Any, prompt: np.ndarray, steps: int, context
     return np.asarray(ids[len(prompt):], np.int32)
 
 
-def plot_curves(path: pathlib.Path, history: train.History) -> None:
-    """The training loss of every step and each epoch's validation loss, in bits per character."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [v for per_epoch in history.step_losses for v in per_epoch]
-    per_epoch = len(history.step_losses[0]) if history.step_losses else 1
-    x = np.arange(1, len(steps) + 1) / per_epoch
-    ax.plot(x, np.asarray(steps) / math.log(2), "-", color="C0", lw=0.6, alpha=0.5, label="train (each step)")
-    e = [r["epoch"] for r in history.epochs]
-    ax.plot(e, [r["train_loss"] / math.log(2) for r in history.epochs], "o", color="C0", label="train (epoch mean)")
-    ax.plot(e, [r["test_loss"] / math.log(2) for r in history.epochs], "s--", color="C1", label="validation")
-    ax.set(xlabel="epoch", ylabel="bits per character", title="shakespeare: character-level transformer")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def run(args: argparse.Namespace) -> dict:
-    from tqdm import tqdm
-
-    reuse_memory = malloc.reuse_freed_memory()
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ds = parallel.one_process_first(lambda: data.load("shakespeare", args.data_dir, context=args.context, seed=args.seed),
-                                    "load the data")
-    if args.limit is not None:
-        ds = data.Dataset(ds.name, ds.x_train[: args.limit], ds.y_train[: args.limit], ds.x_test, ds.y_test, ds.info)
-    if len(ds.x_train) < args.batch_size:
-        raise FlagError(f"the training text makes {len(ds.x_train)} windows, fewer than --batch-size {args.batch_size}")
-    mesh = mesh_for(args.devices, args.batch_size)
-    writer = jax.process_index() == 0  # in a multi-process run one process writes the files
-    vocab = ds.info["vocab"]
-    model = model_of(args, len(vocab))
-    init_key, shuffle_key, sample_key = jax.random.split(jax.random.PRNGKey(args.seed), 3)
-    _, params = model.init(init_key, (args.batch_size, args.context))
-    optimizer = train.adamw_with_clipping(learning_rate(args, len(ds.x_train)), args.max_norm, args.weight_decay)
-    config = {
-        **{k: v for k, v in vars(args).items() if k not in ("no_progress", "resume")},
-        "vocab_size": len(vocab),
-        "parameters": int(sum(np.size(a) for a in jax.tree_util.tree_leaves(params))),
-        "train_windows": len(ds.x_train),
-        "test_windows": len(ds.x_test),
-        "train_chars": ds.info["train_chars"],
-        "test_chars": ds.info["test_chars"],
-        "data_source": ds.info["source"],
-        **run_environment(reuse_memory, mesh),
-    }
-    bar = tqdm(total=args.epochs, desc=f"shakespeare ({args.grad})", unit="epoch", disable=args.no_progress or not writer)
-
-    def on_epoch(entry: dict, params: Any) -> None:
-        bar.n = entry["epoch"]
-        bar.set_postfix(loss=f"{entry['train_loss']:.4f}", val_bpc=f"{entry['test_loss'] / math.log(2):.4f}")
-
-    start = time.perf_counter()
-    history = train.fit(
-        model, losses.softmax_cross_entropy, optimizer, params, ds,
-        epochs=args.epochs, batch_size=args.batch_size, key=shuffle_key, grad=args.grad,
-        checkpoint_path=out / CHECKPOINT, resume=args.resume, config={k: config[k] for k in RESUME_MUST_MATCH},
-        on_epoch=on_epoch, eval_batch_size=256, mesh=mesh,
-    )
-    bar.close()
-    for entry in history.epochs:
-        entry["test_bits_per_char"] = entry["test_loss"] / math.log(2)
-    prompt = data.shakespeare.encode(args.prompt, vocab)
-    text = data.shakespeare.decode(sample(model, history.params, prompt, args.sample_chars, args.context, sample_key,
-                                          args.temperature), vocab)
-    if writer:
-        (out / "sample.txt").write_text(args.prompt + text)
-    last = history.epochs[-1]
-    metrics = {
-        "config": config,
-        "compile_seconds": history.compile_seconds,
-        "seconds": time.perf_counter() - start,
-        "epochs": history.epochs,
-        "test": {"loss": last["test_loss"], "bits_per_char": last["test_bits_per_char"]},
-        "step_loss": history.step_losses,
-    }
-    if writer:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        plot_curves(out / "curves.png", history)
-    return metrics
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    if join_processes():
-        return 1
-    p = parser()
-    args = p.parse_args(argv)
-    check_args(p, args)
-    try:
-        metrics = run(args)
-    except FlagError as e:
-        p.error(str(e))
-    except (data.MissingDataError, checkpoint.CheckpointError, train.NonFiniteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if jax.process_index() != 0:
-        return 0
-    test = metrics["test"]
-    per_epoch = np.median([r["seconds"] for r in metrics["epochs"]])
-    print(f"shakespeare grad={args.grad}: validation loss {test['loss']:.4f} nats/char ({test['bits_per_char']:.4f} bits/char) "
-          f"after {len(metrics['epochs'])} epochs ({per_epoch:.1f} s/epoch median, {metrics['seconds'] / 60:.1f} min in all); "
-          f"wrote {pathlib.Path(args.out) / 'metrics.json'} and sample.txt")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    """``python -m experiments.shakespeare``: see :func:`experiments.harness.main`."""
+    return harness.main(Shakespeare(), argv)
 
 
 if __name__ == "__main__":

@@ -373,6 +373,14 @@ EXAMPLES: dict[str, Callable[[Checker], None]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Replay the worked examples named in ``argv`` (all of them without), printing each value.
+
+    Args:
+        argv: seed ids such as ``["002", "004"]`` (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 when every value agrees, 1 when any differs (an unknown id exits with 2).
+    """
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # No ``choices=``: Python 3.11's argparse refuses an empty ``nargs="*"`` list against them.
     p.add_argument("examples", nargs="*", metavar="ID", help=f"seeds to replay, from {', '.join(EXAMPLES)} (default: all)")

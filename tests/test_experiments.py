@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import common
+from experiments import common, harness
 from tests.conftest import ROOT
 from tests.tiny_data import tiny_cal_housing, tiny_mnist
 
@@ -90,11 +90,11 @@ def test_every_experiment_answers_help(module):
 def test_limit_must_leave_at_least_one_batch(tiny, tmp_path, capsys):
     for limit in ("0", "-5"):
         with pytest.raises(SystemExit) as e:
-            common.main(common.CALIFORNIA_HOUSING, "", ["--limit", limit, "--out", str(tmp_path)])
+            harness.main(common.experiment("california_housing", ""), ["--limit", limit, "--out", str(tmp_path)])
         assert e.value.code == 2 and f"--limit must be >= 1, got {limit}" in capsys.readouterr().err
     argv = ["--data-dir", str(tiny), "--limit", "50", "--batch-size", "64", "--out", str(tmp_path), "--no-progress"]
     with pytest.raises(SystemExit) as e:
-        common.main(common.CALIFORNIA_HOUSING, "", argv)
+        harness.main(common.experiment("california_housing", ""), argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--limit 50 leaves 50 training examples, fewer than --batch-size 64" in err
 
@@ -145,18 +145,22 @@ TRAJECTORY_FLAGS = {
 
 
 def test_resume_refuses_every_changed_trajectory_flag(tiny, tmp_path, capsys):
-    assert set(TRAJECTORY_FLAGS) <= set(common.RESUME_MUST_MATCH)
     task = common.CALIFORNIA_HOUSING
+    experiment = common.experiment(task.name, "")
+    assert set(TRAJECTORY_FLAGS) <= set(harness.resume_keys(experiment))
     argv = ["--data-dir", str(tiny), "--out", str(tmp_path), "--no-progress", "--batch-size", "32", "--limit", "300"]
-    assert common.main(task, "", [*argv, "--epochs", "1"]) == 0
+    assert harness.main(experiment, [*argv, "--epochs", "1"]) == 0
     capsys.readouterr()
     for name, value in TRAJECTORY_FLAGS.items():
-        changed = (dataclasses.replace(task, hidden=(32,)), []) if name == "model" else (task, [f"--{name.replace('_', '-')}", value])
-        assert common.main(changed[0], "", [*argv, "--epochs", "2", "--resume", *changed[1]]) == 1, name
+        if name == "model":
+            changed = (common.TaskExperiment("", {"mlp": dataclasses.replace(task, hidden=(32,))}), [])
+        else:
+            changed = (experiment, [f"--{name.replace('_', '-')}", value])
+        assert harness.main(changed[0], [*argv, "--epochs", "2", "--resume", *changed[1]]) == 1, name
         err = capsys.readouterr().err
         # the one changed setting, and only it, is named
         assert re.search(rf"was written with other settings \({name}: [^;]*\)$", err.strip()), (name, err)
-    assert common.main(task, "", [*argv, "--epochs", "2", "--resume"]) == 0  # unchanged flags resume
+    assert harness.main(experiment, [*argv, "--epochs", "2", "--resume"]) == 0  # unchanged flags resume
 
 
 def test_missing_data_and_bad_flags_get_clear_errors(tmp_path):
@@ -224,7 +228,7 @@ def test_compare_torch_cnn_twin_is_the_experiments_cnn():
         task = common.task_for(name, "cnn")
         ours, theirs = compare_torch.jax_model(task, dropout=True), task.model()
         _, params = ours.init(jax.random.split(jax.random.PRNGKey(0))[0], (1, *task.input_shape))
-        assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, params, task.init(0)))
+        assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, params, task.init(theirs, 0)))
         state = nn.init_state(theirs, x.shape)[1]
         key = jax.random.PRNGKey(3)
         outputs = [jax.jit(lambda p, x, s, k, m=m: m.apply(p, x, state=s, key=k, train=True)[0])(params, x, state, key)
@@ -337,7 +341,7 @@ def test_shakespeare_resume_is_bit_identical_and_bad_flags_are_refused(tiny_text
     split = shakespeare_main(tiny_text, tmp_path / "split", "--epochs", 2, "--resume")
     assert without_timing(full["epochs"]) == without_timing(split["epochs"])
     assert (full_dir / "sample.txt").read_text() == (tmp_path / "split" / "sample.txt").read_text()
-    for flags, message in [(["--heads", "3"], "--heads 3 must divide --width 16"), (["--limit", "4"], "--limit 4 must be at least")]:
+    for flags, message in [(["--heads", "3"], "--heads 3 must divide --width 16"), (["--limit", "4"], "--limit 4 leaves 4 training windows, fewer than --batch-size 16")]:
         with pytest.raises(SystemExit) as e:
             shakespeare.main(["--data-dir", str(tiny_text), "--out", str(tmp_path / "bad"), *TINY_LM, *flags])
         assert e.value.code == 2 and message in capsys.readouterr().err

@@ -9,18 +9,20 @@
   characters, batch 32): the train step with AdamW and clipping, per gradient source, and the
   same step in PyTorch eager with ``F.scaled_dot_product_attention``.
 
-Rows have :mod:`experiments.benchmark`'s layout; :mod:`experiments.timing` times them.
+Rows have benchmark.json's layout (:func:`experiments.benchmark.timing.as_rows`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.timing import repeat_call, step_runner, temp_bytes
+from experiments.benchmark.timing import (
+    Runner, Settings, as_rows, grad_runners, repeat_call, step_runner, temp_bytes, time_interleaved, torch_runner,
+)
 from manualgrad import losses, nn, ops, reference_mode, train
 
 ATTENTION_T = (512, 2048, 8192)
@@ -47,19 +49,24 @@ def attention_flops(t: int) -> int:
     return 6 * 2 * HEADS * t * t * HEAD_DIM
 
 
-def attention_rows(t: int, time_them: Callable) -> list[dict]:
+def attention_rows(t: int, settings: Settings) -> list[dict]:
+    """Forward + backward of attention alone at context ``t``, manual and reference; from T=8192, where a
+    call takes seconds, at most 3 rounds of one call each."""
     rng = np.random.default_rng(0)
     q, k, v, g = (jax.device_put(rng.standard_normal((1, HEADS, t, HEAD_DIM), dtype=np.float32)) for _ in range(4))
     runners, temps = {}, {}
     for impl in ("manual", "reference"):
         compiled = jax.jit(attention_step(impl)).lower(q, k, v, g).compile()
         runners[impl], temps[impl] = repeat_call(compiled, q, k, v, g), temp_bytes(compiled)
-    seconds = time_them(runners)
-    return [{"model": f"attention-T{t}", "batch": 1, "impl": impl, "step_ms": s * 1e3,
-             "gflops": attention_flops(t) / s / 1e9, "temp_bytes": temps[impl]} for impl, s in seconds.items()]
+    if t >= 8192:
+        seconds = time_interleaved(runners, min(settings.rounds, 3), None)
+    else:
+        seconds = settings.time(runners)
+    return as_rows(f"attention-T{t}", 1, seconds, attention_flops(t), temps)
 
 
 def transformer(t: int) -> nn.Layer:
+    """The Shakespeare experiment's model at context ``t``."""
     return nn.TransformerLM(VOCAB, t, WIDTH, DEPTH, HEADS)
 
 
@@ -72,11 +79,13 @@ def transformer_flops(t: int) -> int:
 
 
 def transformer_batch(t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random ids and targets, ``(BATCH, t)`` each."""
     rng = np.random.default_rng(0)
     return rng.integers(0, VOCAB, (BATCH, t)).astype(np.int32), rng.integers(0, VOCAB, (BATCH, t)).astype(np.int32)
 
 
-def transformer_step_runner(t: int, grad: str) -> tuple[Callable, int | None]:
+def transformer_step_runner(t: int, grad: str) -> tuple[Runner, int | None]:
+    """A runner over the compiled, donating transformer train step, and its XLA temp bytes."""
     model = transformer(t)
     _, params = model.init(jax.random.PRNGKey(0), (BATCH, t))
     opt = train.adamw_with_clipping(LR, MAX_NORM, WEIGHT_DECAY)
@@ -86,9 +95,9 @@ def transformer_step_runner(t: int, grad: str) -> tuple[Callable, int | None]:
     return step_runner(compiled, params, opt_state, batch), temp_bytes(compiled)
 
 
-def torch_transformer_runner(t: int) -> Callable | None:
+def torch_transformer_runner(t: int) -> Runner | None:
     """The same step in PyTorch eager: zero_grad, forward, cross-entropy, backward, clip_grad_norm_,
-    AdamW with weight decay on the matrices only."""
+    AdamW with weight decay on the matrices only; None without PyTorch."""
     try:
         import torch
     except ImportError:
@@ -102,26 +111,12 @@ def torch_transformer_runner(t: int) -> Callable | None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}],
                             lr=LR, betas=(0.9, 0.99))
     x, y = (torch.tensor(a, dtype=torch.long) for a in transformer_batch(t))
-
-    def run(k: int) -> None:
-        for _ in range(k):
-            opt.zero_grad(set_to_none=True)
-            logits = model(x)
-            torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1)).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
-            opt.step()
-
-    return run
+    loss = torch.nn.functional.cross_entropy
+    return torch_runner(model, opt, lambda: loss(model(x).reshape(-1, VOCAB), y.reshape(-1)), MAX_NORM)
 
 
-def transformer_rows(t: int, time_them: Callable, with_torch: bool) -> list[dict]:
-    runners: dict[str, Any] = {}
-    temps: dict[str, Any] = {}
-    for grad in train.GRADS:
-        runners[grad], temps[grad] = transformer_step_runner(t, grad)
-    torch_run = torch_transformer_runner(t) if with_torch else None
-    if torch_run is not None:
-        runners["torch"], temps["torch"] = torch_run, None
-    seconds = time_them(runners)
-    return [{"model": f"transformer-T{t}", "batch": BATCH, "impl": impl, "step_ms": s * 1e3,
-             "gflops": transformer_flops(t) / s / 1e9, "temp_bytes": temps[impl]} for impl, s in seconds.items()]
+def transformer_rows(t: int, settings: Settings) -> list[dict]:
+    """The transformer's train step at context ``t`` per gradient source, and in PyTorch eager."""
+    runners, temps = grad_runners(lambda grad: transformer_step_runner(t, grad), lambda: torch_transformer_runner(t),
+                                  settings.with_torch)
+    return as_rows(f"transformer-T{t}", BATCH, settings.time(runners), transformer_flops(t), temps)
