@@ -140,8 +140,11 @@ def _nonfinite(name: str, got: np.ndarray, want: np.ndarray) -> str | None:
         return None
     manual_side = int(np.sum(one_sided & ~np.isfinite(got)))
     reference_side = int(np.sum(one_sided)) - manual_side
-    where = [f"{name} is NaN or infinite at {manual_side} of {got.size} elements where the reference is not"] * bool(manual_side)
-    where += [f"the reference is NaN or infinite at {reference_side} elements where {name} is not"] * bool(reference_side)
+    where = []
+    if manual_side:
+        where.append(f"{name} is NaN or infinite at {manual_side} of {got.size} elements where the reference is not")
+    if reference_side:
+        where.append(f"the reference is NaN or infinite at {reference_side} elements where {name} is not")
     return f"nonfinite — {' and '.join(where)}: look for a division by zero, a log or square root of 0, or an overflow"
 
 

@@ -118,8 +118,8 @@ def check_model(
 
             def objective(p, taps):
                 with trace.tapping(taps):
-                    out = model.apply(p, xs, state=st, key=key, train=True)
-                    return loss(out if st is None else out[0], ys)
+                    prediction, _ = model.call(p, st, xs, key=key, train=True)
+                    return loss(prediction, ys)
 
             value_and_grads = jax.jit(jax.value_and_grad(objective, argnums=(0, 1)))
             value_m, (grads_m, taps_m) = value_and_grads(p, taps)
