@@ -98,7 +98,21 @@ def sequence_model():
     return model, losses.softmax_cross_entropy, as_float64(params), x, y
 
 
-MODELS = [every_layer_model, sequence_model]
+def recurrent_model():
+    """Every recurrent layer on a padded batch ``(x, lengths)`` (a row of length 0 included): both
+    directions, the per-position head after DropLengths and the last-state head."""
+    model = nn.serial(
+        nn.RNN(3), nn.GRU(2, bidirectional=True),
+        nn.fanout(nn.serial(nn.DropLengths(), nn.Linear(3)), nn.serial(nn.LSTM(2, output="last"), nn.Linear(2))),
+    )
+    _, params = model.init(jax.random.PRNGKey(0), ((3, 4, 2), (3,)))
+    rng = np.random.default_rng(2)
+    x = (jnp.asarray(rng.normal(size=(3, 4, 2))), jnp.array([4, 0, 2]))
+    y = (jnp.asarray(rng.integers(0, 3, (3, 4))), jnp.asarray(rng.integers(0, 2, 3)))
+    return model, losses.multitask(losses.softmax_cross_entropy, losses.softmax_cross_entropy), as_float64(params), x, y
+
+
+MODELS = [every_layer_model, sequence_model, recurrent_model]
 COMPOSITES = {"TransformerBlock", "TransformerLM"}  # serials of the other layers: their parts are traced
 
 
@@ -146,7 +160,7 @@ def aliased_vjp_pass(model, loss):
     return run
 
 
-@pytest.mark.parametrize("make", MODELS, ids=["vision", "sequence"])
+@pytest.mark.parametrize("make", MODELS, ids=["vision", "sequence", "recurrent"])
 def test_the_explicit_pass_over_every_layer_and_loss_uses_no_autodiff(make):
     model, loss, params, x, y = make()
     with no_autodiff("the explicit pass"):

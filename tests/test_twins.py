@@ -19,6 +19,7 @@ import pytest
 from manualgrad import ops
 from manualgrad.check import cast
 from manualgrad.core import REGISTRY, defop
+from tests.test_recurrent import TWINS as RECURRENT_TWINS
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -67,6 +68,8 @@ JAX_TWINS = {
         _attention_by_softmax(q, k, v, mask, causal, scale),
     "manualgrad.ops.batch_norm_inference": lambda x, gamma, beta, mean, var, eps=1e-5:
         jax.nn.standardize(x, mean=mean, variance=var, epsilon=eps) * gamma + beta,
+    "manualgrad.ops.concat": lambda xs, axis=-1: _concat_by_padding(xs, axis),
+    **RECURRENT_TWINS,  # plain lax.scans that gather each row's steps by index
 }
 
 
@@ -117,6 +120,7 @@ def torch_twins():
             x * torch.tensor(np.asarray(_dropout_scale(jnp.asarray(key.numpy()), rate, tuple(x.shape)))),
         "manualgrad.ops.batch_norm_inference": lambda x, gamma, beta, mean, var, eps=1e-5:
             F.batch_norm(x.movedim(-1, 1), mean, var, gamma, beta, training=False, eps=eps).movedim(1, -1),
+        "manualgrad.ops.concat": lambda xs, axis=-1: torch.cat(xs, dim=axis),
     }
 
 
@@ -161,8 +165,13 @@ def test_op_equals_its_jax_twin(name):
         twin_errors(REGISTRY[name].op, JAX_TWINS[name], ex, rng)
 
 
+# identity: PyTorch has no such op; the recurrent ops: against nn.RNN/LSTM/GRU and their cells, packed
+# sequences and both directions, in tests/test_recurrent.py
+NOT_HERE = {"manualgrad.ops.identity", *RECURRENT_TWINS}
+
+
 @pytest.mark.skipif(not HAS_TORCH, reason="PyTorch (optional extra) is not installed")
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "manualgrad.ops.identity"])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in NOT_HERE])
 def test_op_equals_torch_autograd(name):
     import torch
 
@@ -305,6 +314,15 @@ def torch_attention(q, k, v, mask=None, causal=False, scale=None, block=None):
     _, row, opened = _attention_allowed(mask, causal, q.shape[-2], k.shape[-2], torch)
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=opened, scale=scale)
     return torch.where(row, out, torch.zeros((), dtype=out.dtype))
+
+
+def _concat_by_padding(xs, axis):
+    """Each piece zero-padded out to its place along ``axis``, then all of them added."""
+    axis = axis % xs[0].ndim
+    sizes = [x.shape[axis] for x in xs]
+    starts = np.cumsum([0] + sizes[:-1])
+    return sum(jnp.pad(x, [(s, sum(sizes) - s - n) if i == axis else (0, 0) for i in range(x.ndim)])
+               for x, s, n in zip(xs, starts, sizes))
 
 
 def _dropout_scale(key, rate, shape):

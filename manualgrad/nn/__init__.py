@@ -26,6 +26,7 @@ from manualgrad.nn.dense import (
     from_op,
 )
 from manualgrad.nn.layer import Layer, fanout, init_state, primitive, residual, serial, stateless
+from manualgrad.nn.recurrent import GRU, LSTM, RNN, DropLengths
 from manualgrad.nn.registry import LAYERS, LayerExample
 from manualgrad.nn.sequence import Embedding, MultiHeadAttention, PositionalEmbedding, TransformerBlock, TransformerLM
 from manualgrad.nn.dropout import Dropout
@@ -64,6 +65,10 @@ __all__ = [
     "MultiHeadAttention",
     "TransformerBlock",
     "TransformerLM",
+    "RNN",
+    "LSTM",
+    "GRU",
+    "DropLengths",
     "serial",
     "fanout",
     "residual",

@@ -18,6 +18,7 @@ from manualgrad.ops.activations import (
 )
 from manualgrad.ops.add import add
 from manualgrad.ops.attention import attention
+from manualgrad.ops.concat import concat
 from manualgrad.ops.conv import conv2d
 from manualgrad.ops.dropout import dropout
 from manualgrad.ops.embedding import embedding
@@ -25,6 +26,8 @@ from manualgrad.ops.linear import linear
 from manualgrad.ops.norm import batch_norm, layer_norm
 from manualgrad.ops.norm_inference import batch_norm_inference
 from manualgrad.ops.pooling import avg_pool2d, max_pool2d
+from manualgrad.ops.recurrent import gru, lstm, rnn
+from manualgrad.ops.recurrent_step import gru_step, lstm_step, rnn_step
 from manualgrad.ops.reshape import flatten, merge_heads, split_heads
 from manualgrad.ops.softmax import log_softmax, softmax
 
@@ -54,4 +57,11 @@ __all__ = [
     "dropout",
     "embedding",
     "attention",
+    "concat",
+    "rnn_step",
+    "lstm_step",
+    "gru_step",
+    "rnn",
+    "lstm",
+    "gru",
 ]
