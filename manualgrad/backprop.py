@@ -19,7 +19,7 @@ from manualgrad import trace as _trace
 from manualgrad.core import Op
 from manualgrad.nn import Layer
 
-__all__ = ["value_and_grad", "as_loss_op"]
+__all__ = ["value_and_grad", "explicit", "as_loss_op"]
 
 
 def as_loss_op(loss: Any, where: str) -> tuple[Op, dict[str, Any]]:
@@ -48,34 +48,46 @@ def as_loss_op(loss: Any, where: str) -> tuple[Op, dict[str, Any]]:
 
 
 def value_and_grad(model: Layer, loss: Op, *, trace: bool = False) -> Callable[..., tuple]:
-    """Return ``f(params, x, target, *, state=None, key=None) -> (loss_value, grads)`` computed
-    by explicit backprop, the model in training mode.
+    """Explicit backprop of ``loss(model(x), target)``, the model in training mode.
 
-    ``loss`` is an op taking ``(prediction, target)``, or ``functools.partial`` of one that
-    fixes static params by keyword (its own ``fwd``/``bwd`` rules are run); for a ``fanout`` model the
-    prediction and the target are tuples (see :func:`manualgrad.losses.multitask`).
-    ``grads`` has the structure of ``params``. When ``state`` is passed the new state comes
-    back after the grads, ``(loss_value, grads, state)``; ``key`` feeds dropout. With
-    ``trace=True`` a :class:`manualgrad.trace.Trace` is appended to the result: for every
-    layer in forward order its input, output, upstream gradient ``dL/dy``, input gradient
-    ``dL/dx`` and parameter gradients, followed by the loss's entry. ``print(trace)`` gives a
-    step-by-step transcript. The function is jittable.
+    Args:
+      model: the network; its own ``forward``/``bwd`` rules are run.
+      loss: an op taking ``(prediction, target)``, or ``functools.partial`` of one that fixes
+        static params by keyword (its own ``fwd``/``bwd`` rules are run); for a ``fanout``
+        model the prediction and the target are tuples (see :func:`manualgrad.losses.multitask`).
+      trace: also return a :class:`manualgrad.trace.Trace`: for every layer in forward order
+        its input, output, upstream gradient ``dL/dy``, input gradient ``dL/dx`` and parameter
+        gradients, followed by the loss's entry. ``print(trace)`` gives a step-by-step transcript.
+
+    Returns:
+      ``f(params, x, target, *, state=None, key=None) -> (loss_value, grads)``, jittable;
+      ``grads`` has the structure of ``params``. When ``state`` is passed the new state comes
+      back after the grads, ``(loss_value, grads, state)``; ``key`` feeds dropout; with
+      ``trace=True`` the trace is appended. :func:`explicit` is the same pass in the library's
+      uniform form.
     """
+    run = explicit(model, loss, trace=trace)
 
+    def edge(params: Any, x: Any, target: Any, *, state: Any = None, key: Any = None) -> tuple:
+        value, grads, new_state, *tape = run(params, state, x, target, key=key)
+        return (value, grads) + ((new_state,) if state is not None else ()) + tuple(tape)
+
+    return edge
+
+
+def explicit(model: Layer, loss: Op, *, trace: bool = False) -> Callable[..., tuple]:
+    """:func:`value_and_grad` in the uniform form: ``f(params, state, x, target, *, key=None)
+    -> (loss_value, grads, new_state)``, plus the trace when ``trace=True``."""
     op, static = as_loss_op(loss, "manualgrad.backprop.value_and_grad")
 
-    def run(params: Any, x: Any, target: Any, *, state: Any = None, key: Any = None) -> tuple:
+    def run(params: Any, state: Any, x: Any, target: Any, *, key: Any = None) -> tuple:
         with _trace.recording(enabled=trace) as tape:
-            if state is None:
-                y, res = model.fwd(params, x, key=key, train=True)
-            else:
-                y, new_state, res = model.fwd(params, x, state=state, key=key, train=True)
+            y, new_state, res = model.forward(params, state, x, key=key, train=True)
             value, loss_res = op.fwd(y, target, **static)
             y_bar = op.bwd(loss_res, jnp.ones_like(value))[0]
             slot = _trace.record_forward(op.name, y, value)
             _trace.record_backward(slot, jnp.ones_like(value), (), y_bar)
             grads, _ = model.bwd(res, y_bar)
-        out = (value, grads) if state is None else (value, grads, new_state)
-        return out + (_trace.Trace(tape.entries),) if trace else out
+        return (value, grads, new_state) + ((_trace.Trace(tape.entries),) if trace else ())
 
     return run

@@ -25,13 +25,14 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 __all__ = [
     "AXIS", "initialize", "data_mesh", "batch_sharding", "replicated", "check_batch", "process_rows",
-    "global_batch", "replicate", "local", "one_process_first", "barrier", "ENV_COORDINATOR", "ENV_PROCESSES", "ENV_PROCESS_ID", "ENV_LAUNCH_DIR",
+    "global_batch", "replicate", "local", "Placement", "one_process_first", "barrier", "ENV_COORDINATOR", "ENV_PROCESSES", "ENV_PROCESS_ID", "ENV_LAUNCH_DIR",
 ]
 
 AXIS = "data"
@@ -173,6 +174,31 @@ def replicate(mesh: Mesh, tree: Any) -> Any:
 def local(tree: Any) -> Any:
     """A replicated tree as this process's NumPy arrays (its first device's copy)."""
     return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)
+
+
+class Placement:
+    """Where a run's params, optimiser state and layer state live, chosen once per run.
+
+    ``put(tree)`` places a host tree (a fresh copy, so the caller's arrays are never donated):
+    on the default device, or replicated on every device of ``mesh``. ``get(tree)`` is this
+    process's own copy of a placed tree, on its default device (the tree itself without a
+    mesh). ``data(tree)`` is where a dataset stays: on the device without a mesh, on the host
+    with one (each process then feeds its rows of every global batch).
+    """
+
+    def __init__(self, mesh: Mesh | None = None):
+        self.mesh = mesh
+
+    def put(self, tree: Any) -> Any:
+        if self.mesh is None:
+            return jax.tree_util.tree_map(jnp.array, tree)
+        return replicate(self.mesh, local(tree))
+
+    def get(self, tree: Any) -> Any:
+        return tree if self.mesh is None else jax.device_put(local(tree))
+
+    def data(self, tree: Any) -> Any:
+        return jax.tree_util.tree_map(jnp.asarray if self.mesh is None else np.asarray, tree)
 
 
 def barrier(name: str) -> None:

@@ -1,0 +1,123 @@
+"""The update rule and the jitted train step, on one device or data-parallel over a mesh.
+
+One update serves every form of training: :func:`updater` is the pure function
+``(params, opt_state, state, batch, *, key) -> (params, opt_state, state, metrics)``;
+:func:`make_train_step` jits it for one batch at a time, and :mod:`manualgrad.train.epochs`
+runs it over a whole dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import optax
+
+from manualgrad import parallel
+from manualgrad.core import Op
+from manualgrad.nn import Layer
+from manualgrad.train.gradients import gradient
+from manualgrad.trees import num_examples
+
+__all__ = ["make_update", "make_train_step", "updater", "sharded_step"]
+
+#: ``(params, opt_state, state, batch, *, key=None) -> (params, opt_state, state, metrics)``
+Update = Callable[..., tuple[Any, Any, Any, dict]]
+
+
+def updater(
+    model: Layer, loss: Op, optimizer: optax.GradientTransformation, grad: str = "manual", axis_name: str | None = None
+) -> Update:
+    """The pure update in the library's uniform form: ``(params, opt_state, state, (x, y), *,
+    key=None) -> (params, opt_state, state, metrics)``.
+
+    ``metrics`` holds the batch ``"loss"`` and the raw gradient's global norm ``"grad_norm"``
+    (before clipping), both scalars. The model runs in training mode (``key`` feeds its
+    dropout layers). ``axis_name``: see :func:`manualgrad.train.gradients.gradient`.
+    """
+    value_and_grad = gradient(model, loss, grad, axis_name)
+
+    def update(params, opt_state, state, batch, *, key=None):
+        x, y = batch
+        value, grads, state = value_and_grad(params, state, x, y, key=key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+
+    return update
+
+
+def make_update(
+    model: Layer, loss: Op, optimizer: optax.GradientTransformation, grad: str = "manual", axis_name: str | None = None
+) -> Callable[..., tuple]:
+    """The pure (not jitted) update of one batch.
+
+    Args:
+      model, loss, optimizer, grad, axis_name: as for :func:`updater`.
+
+    Returns:
+      ``update(params, opt_state, x, y, *, state=None, key=None) -> (params, opt_state,
+      metrics)``, with the new state appended, ``(params, opt_state, metrics, state)``, when
+      ``state`` is passed.
+    """
+    update = updater(model, loss, optimizer, grad, axis_name)
+
+    def edge(params, opt_state, x, y, *, state=None, key=None):
+        params, opt_state, new_state, metrics = update(params, opt_state, state, (x, y), key=key)
+        return (params, opt_state, metrics) if state is None else (params, opt_state, metrics, new_state)
+
+    return edge
+
+
+def sharded_step(model: Layer, loss: Op, optimizer: optax.GradientTransformation, grad: str, mesh: Any) -> Update:
+    """:func:`updater` data-parallel over ``mesh`` (not jitted): a ``shard_map`` in which each
+    device runs the update on its rows of the batch (sharded over the mesh's ``"data"`` axis;
+    a batch that does not split evenly is an error) and the gradients are all-reduced by
+    ``lax.psum``. Params, optimiser state, layer state and key are replicated, and so are the
+    results."""
+    update = updater(model, loss, optimizer, grad, parallel.AXIS)
+    rows, whole = jax.sharding.PartitionSpec(parallel.AXIS), jax.sharding.PartitionSpec()
+
+    def per_device(params, opt_state, state, batch, key):
+        return update(params, opt_state, state, batch, key=key)
+
+    # check_vma=False: JAX does not track which values vary over the devices, so its autodiff
+    # inserts no all-reduce of its own: the gradients' psum is gradient()'s, written out
+    mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(whole, whole, whole, rows, whole), out_specs=whole,
+                           check_vma=False)
+
+    def step(params, opt_state, state, batch, *, key=None):
+        parallel.check_batch(mesh, num_examples("manualgrad.train.step", x=batch[0], y=batch[1]), "manualgrad.train.step")
+        return mapped(params, opt_state, state, batch, key)
+
+    return step
+
+
+def make_train_step(
+    model: Layer, loss: Op, optimizer: optax.GradientTransformation, grad: str = "manual", *, mesh: Any = None
+) -> Callable[..., tuple]:
+    """One jitted, pure train step.
+
+    Args:
+      model: the network. loss: an op ``loss(prediction, target)``. optimizer: an optax
+        transformation, e.g. :func:`manualgrad.train.sgd_with_clipping`.
+      grad: ``"manual"``, ``"explicit"`` or ``"reference"`` (:mod:`manualgrad.train.gradients`).
+      mesh: a mesh from :func:`manualgrad.parallel.data_mesh` makes the step data-parallel
+        (:func:`sharded_step`); pass replicated params, optimiser state, layer state and key
+        (:func:`manualgrad.parallel.replicate`).
+
+    Returns:
+      ``step(params, opt_state, (x, y)) -> (params, opt_state, metrics)``; for models with
+      state or dropout ``step(params, opt_state, batch, state=state, key=key) -> (params,
+      opt_state, metrics, state)`` (a fresh ``key`` per step, e.g.
+      :func:`manualgrad.keys.step_key`). ``params`` and ``opt_state`` are donated: their
+      buffers are reused for the new values, so the arrays passed in must not be used after
+      the call (keep the returned ones).
+    """
+    update = updater(model, loss, optimizer, grad) if mesh is None else sharded_step(model, loss, optimizer, grad, mesh)
+
+    def edge(params, opt_state, batch, state=None, key=None):
+        params, opt_state, new_state, metrics = update(params, opt_state, state, batch, key=key)
+        return (params, opt_state, metrics) if state is None else (params, opt_state, metrics, new_state)
+
+    return jax.jit(edge, donate_argnums=(0, 1))
