@@ -15,6 +15,16 @@ from manualgrad.errors import fail
 __all__ = ["sgd_with_clipping", "adamw_with_clipping"]
 
 
+def _check_common(where: str, learning_rate: optax.ScalarOrSchedule, max_norm: float, weight_decay: float) -> None:
+    """The settings both optimisers share: a positive rate (or a schedule), norm and a non-negative decay."""
+    if not callable(learning_rate) and not learning_rate > 0:
+        fail(where, f"learning_rate must be > 0, got {learning_rate!r}")
+    if not max_norm > 0:
+        fail(where, f"max_norm must be > 0, got {max_norm!r}")
+    if not weight_decay >= 0:
+        fail(where, f"weight_decay must be >= 0, got {weight_decay!r}")
+
+
 def sgd_with_clipping(
     learning_rate: optax.ScalarOrSchedule, max_norm: float, momentum: float = 0.0, weight_decay: float = 0.0
 ) -> optax.GradientTransformation:
@@ -43,14 +53,9 @@ def sgd_with_clipping(
       The optax transformation.
     """
     where = "manualgrad.train.sgd_with_clipping"
-    if not callable(learning_rate) and not learning_rate > 0:
-        fail(where, f"learning_rate must be > 0, got {learning_rate!r}")
-    if not max_norm > 0:
-        fail(where, f"max_norm must be > 0, got {max_norm!r}")
+    _check_common(where, learning_rate, max_norm, weight_decay)
     if not 0 <= momentum < 1:
         fail(where, f"momentum must be in [0, 1), got {momentum!r}")
-    if not weight_decay >= 0:
-        fail(where, f"weight_decay must be >= 0, got {weight_decay!r}")
     decay = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
     return optax.chain(
         optax.clip_by_global_norm(max_norm),
@@ -85,12 +90,7 @@ def adamw_with_clipping(
       The optax transformation.
     """
     where = "manualgrad.train.adamw_with_clipping"
-    if not callable(learning_rate) and not learning_rate > 0:
-        fail(where, f"learning_rate must be > 0, got {learning_rate!r}")
-    if not max_norm > 0:
-        fail(where, f"max_norm must be > 0, got {max_norm!r}")
-    if not weight_decay >= 0:
-        fail(where, f"weight_decay must be >= 0, got {weight_decay!r}")
+    _check_common(where, learning_rate, max_norm, weight_decay)
     if not (0 <= b1 < 1 and 0 <= b2 < 1):
         fail(where, f"b1 and b2 must be in [0, 1), got b1={b1!r}, b2={b2!r}")
 
