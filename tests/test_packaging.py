@@ -77,14 +77,18 @@ def problem(seed, n=64, d=6):
 
 @pytest.fixture
 def traced_once(monkeypatch):
-    """``train.make_update`` whose update raises when traced a second time (chex.assert_max_traces)."""
+    """The update that steps and epochs build (``train.steps.updater``), raising when traced a
+    second time (chex.assert_max_traces)."""
+    from manualgrad.train import epochs, steps
+
     chex.clear_trace_counter()
-    make_update = train.make_update
+    updater = steps.updater
 
     def counted(*args, **kwargs):
-        return chex.assert_max_traces(make_update(*args, **kwargs), n=1)
+        return chex.assert_max_traces(updater(*args, **kwargs), n=1)
 
-    monkeypatch.setattr(train, "make_update", counted)
+    monkeypatch.setattr(steps, "updater", counted)
+    monkeypatch.setattr(epochs, "updater", counted)
     yield
     chex.clear_trace_counter()
 
