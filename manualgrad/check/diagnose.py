@@ -196,7 +196,7 @@ def _transpose(name: str, got: Sequence[np.ndarray], want: Sequence[np.ndarray],
         return None
     i, j = found[0]
     return (f"transpose — {name} is the reference with axes {i} and {j} swapped: transpose the result, or swap "
-            "the operands of a matrix product (x.T @ g where g.T @ x was written)")
+            "the operands of the matrix product (x.T @ g, not g.T @ x)")
 
 
 def _swapped_axes(got: np.ndarray, want: np.ndarray, bound: float) -> tuple[int, int] | None:
