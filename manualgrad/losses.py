@@ -24,12 +24,15 @@ from jax import lax
 
 from manualgrad.core import Example, Op, defop, register
 from manualgrad.errors import describe, fail
+from manualgrad.linear_cross_entropy import head_cross_entropy, linear_softmax_cross_entropy
 
 __all__ = [
     "mse",
     "sse",
     "softmax_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "linear_softmax_cross_entropy",
+    "head_cross_entropy",
     "scaled",
     "multitask",
 ]

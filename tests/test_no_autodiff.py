@@ -71,16 +71,18 @@ def every_layer_model():
         nn.from_op(REGISTRY["manualgrad.ops.tanh"].op, "FromOp"),
     )
     heads = nn.fanout(
-        nn.serial(nn.Linear(3), nn.Softmax()), nn.serial(nn.Linear(3), nn.LogSoftmax()), nn.Linear(4), nn.Linear(2)
+        nn.serial(nn.Linear(3), nn.Softmax()), nn.serial(nn.Linear(3), nn.LogSoftmax()), nn.Linear(4), nn.Linear(2),
+        nn.LinearCrossEntropyHead(3),
     )
     loss = losses.multitask(losses.mse, losses.scaled(losses.sse, 0.5), losses.softmax_cross_entropy,
-                            losses.binary_cross_entropy_with_logits)
+                            losses.binary_cross_entropy_with_logits, losses.head_cross_entropy)
     model = nn.serial(trunk, heads)
     _, params = model.init(jax.random.PRNGKey(0), (5, 4, 4, 2))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(5, 4, 4, 2)))
     y = (jnp.asarray(rng.dirichlet(np.ones(3), 5)), jnp.asarray(rng.normal(size=(5, 3))),
-         jnp.asarray(rng.integers(0, 4, 5)), jnp.asarray(rng.integers(0, 2, (5, 2)).astype(np.float64)))
+         jnp.asarray(rng.integers(0, 4, 5)), jnp.asarray(rng.integers(0, 2, (5, 2)).astype(np.float64)),
+         jnp.asarray(rng.integers(0, 3, 5)))
     return model, loss, as_float64(params), x, y
 
 
@@ -127,7 +129,8 @@ def test_the_models_hold_every_layer_and_every_loss():
     assert {"FromOp", "fanout", "residual"} <= names
     model, loss, params, x, y = every_layer_model()
     used = " ".join(p.name for p in loss.parts)
-    for name in [n for n in losses.__all__ if n not in ("scaled", "multitask")]:
+    # linear_softmax_cross_entropy(x, w, b, labels) is in the loss as its (prediction, target) form head_cross_entropy
+    for name in [n for n in losses.__all__ if n not in ("scaled", "multitask", "linear_softmax_cross_entropy")]:
         assert f"manualgrad.losses.{name}" in used, f"{name} is missing from the loss"
     assert "0.5*manualgrad.losses.sse" in used  # the combinators: scaled inside multitask
 

@@ -24,8 +24,8 @@ def examples(name, seed=0):
 
 def test_every_op_is_registered_and_complete():
     public = [v for m in (mg.ops, mg.losses) for v in vars(m).values() if isinstance(v, Op)]
-    assert len(public) == 36  # embedding, attention, add, split_heads, merge_heads since the vision ops; concat,
-    # rnn_step, lstm_step, gru_step, rnn, lstm, gru
+    assert len(public) == 38  # embedding, attention, add, split_heads, merge_heads since the vision ops; concat,
+    # rnn_step, lstm_step, gru_step, rnn, lstm, gru; linear_softmax_cross_entropy, head_cross_entropy
     for op in public:
         assert op.name in REGISTRY, f"{op.name} has no registered examples"
     for name in NAMES:

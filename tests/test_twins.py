@@ -30,8 +30,12 @@ def _ce(logits, labels):
     return jnp.mean(optax.softmax_cross_entropy(logits, labels))
 
 
+def _linear(x, w, b):
+    return jnp.einsum("...i,ij->...j", x, w, precision="highest") + b
+
+
 JAX_TWINS = {
-    "manualgrad.ops.linear": lambda x, w, b: jnp.einsum("...i,ij->...j", x, w, precision="highest") + b,
+    "manualgrad.ops.linear": _linear,
     "manualgrad.ops.identity": lambda x: jnp.array(x),
     "manualgrad.ops.relu": jax.nn.relu,
     # jax.nn.leaky_relu's derivative at exactly 0 is 1; PyTorch's and manualgrad's is the slope
@@ -50,6 +54,8 @@ JAX_TWINS = {
     "0.5*manualgrad.losses.mse": lambda p, t: 0.5 * jnp.mean(optax.squared_error(p, t)),
     "manualgrad.losses.softmax_cross_entropy": _ce,
     "manualgrad.losses.binary_cross_entropy_with_logits": lambda z, t: jnp.mean(optax.sigmoid_binary_cross_entropy(z, t)),
+    "manualgrad.losses.linear_softmax_cross_entropy": lambda x, w, b, labels, chunk: _ce(_linear(x, w, b), labels),
+    "manualgrad.losses.head_cross_entropy": lambda head, labels, chunk: _ce(_linear(*head), labels),
     "multitask(manualgrad.losses.sse, manualgrad.losses.softmax_cross_entropy)":
         lambda p, t: jnp.sum(optax.squared_error(p[0], t[0])) + _ce(p[1], t[1]),
     "manualgrad.ops.conv2d": lambda *a, impl="auto", **k: _conv_by_patches(*a, **k),  # every impl, one twin
@@ -101,6 +107,8 @@ def torch_twins():
         "0.5*manualgrad.losses.mse": lambda p, t: 0.5 * F.mse_loss(p, t),
         "manualgrad.losses.softmax_cross_entropy": ce,
         "manualgrad.losses.binary_cross_entropy_with_logits": F.binary_cross_entropy_with_logits,
+        "manualgrad.losses.linear_softmax_cross_entropy": lambda x, w, b, labels, chunk: ce(F.linear(x, w.T, b), labels),
+        "manualgrad.losses.head_cross_entropy": lambda head, labels, chunk: ce(F.linear(head[0], head[1].T, head[2]), labels),
         "multitask(manualgrad.losses.sse, manualgrad.losses.softmax_cross_entropy)":
             lambda p, t: F.mse_loss(p[0], t[0], reduction="sum") + ce(p[1], t[1]),
         "manualgrad.ops.conv2d": torch_conv2d,

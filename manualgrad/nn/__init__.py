@@ -25,6 +25,7 @@ from manualgrad.nn.dense import (
     Tanh,
     from_op,
 )
+from manualgrad.nn.head import LinearCrossEntropyHead
 from manualgrad.nn.layer import Layer, fanout, init_state, primitive, residual, serial, stateless
 from manualgrad.nn.recurrent import GRU, LSTM, RNN, DropLengths
 from manualgrad.nn.registry import LAYERS, LayerExample
@@ -65,6 +66,7 @@ __all__ = [
     "MultiHeadAttention",
     "TransformerBlock",
     "TransformerLM",
+    "LinearCrossEntropyHead",
     "RNN",
     "LSTM",
     "GRU",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from manualgrad.nn import augment, dense, dropout, norm, recurrent, sequence, vision
+from manualgrad.nn import augment, dense, dropout, head, norm, recurrent, sequence, vision
 from manualgrad.nn.layer import Layer, fanout, residual, serial
 
 __all__ = ["LayerExample", "LAYERS"]
@@ -56,6 +56,10 @@ LAYERS: dict[str, LayerExample] = {
     "MultiHeadAttention": LayerExample(lambda: sequence.MultiHeadAttention(2), (2, 5, 4)),
     "TransformerBlock": LayerExample(lambda: sequence.TransformerBlock(4, 2, mlp_ratio=2, dropout=0.2), (2, 3, 4)),
     "TransformerLM": LayerExample(lambda: sequence.TransformerLM(7, 6, width=4, depth=1, heads=2), (2, 5), ids=7),
+    "TransformerLM-fused": LayerExample(
+        lambda: sequence.TransformerLM(7, 6, width=4, depth=1, heads=2, fused_head=True), (2, 5), ids=7
+    ),
+    "LinearCrossEntropyHead": LayerExample(lambda: head.LinearCrossEntropyHead(5), (2, 3, 4)),
     "RNN-stacked": LayerExample(
         lambda: serial(recurrent.RNN(3), recurrent.GRU(2, bidirectional=True), recurrent.DropLengths(), dense.Linear(2)),
         (2, 3, 2),

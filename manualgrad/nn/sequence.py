@@ -18,6 +18,7 @@ import numpy as np
 
 from manualgrad import ops
 from manualgrad.nn.dense import GELU, Linear
+from manualgrad.nn.head import LinearCrossEntropyHead
 from manualgrad.errors import fail, positive_int
 from manualgrad.nn.layer import Layer, residual, serial, stateless
 from manualgrad.nn.dropout import Dropout
@@ -212,6 +213,7 @@ def TransformerLM(
     positions: str = "learned",
     dropout: float = 0.0,
     block: int = 128,
+    fused_head: bool = False,
 ) -> Layer:
     """A causal language model on token ids ``(batch, T)``, ``T <= context``: embedding, positions,
     ``depth`` :func:`TransformerBlock`\\ s, a final LayerNorm and the output layer, giving logits
@@ -220,6 +222,12 @@ def TransformerLM(
     Train it with :func:`manualgrad.losses.softmax_cross_entropy` against the ids shifted by one
     (its mean runs over every (batch, T) position, fused with the softmax). Params: a tuple,
     :func:`~manualgrad.nn.serial`'s layout of those ``depth + 4`` layers.
+
+    ``fused_head=True`` ends it in :func:`~manualgrad.nn.LinearCrossEntropyHead` instead of
+    ``Linear``: the output is ``(h, w, b)`` (the final LayerNorm's output and the output layer's
+    params, which are the same as without it) and the loss is
+    :func:`manualgrad.losses.head_cross_entropy`, which never holds the (batch, T, vocab_size)
+    logits: for large vocabularies.
     """
     blocks = [TransformerBlock(width, heads, dropout=dropout, block=block) for _ in range(depth)]
     return serial(
@@ -227,5 +235,5 @@ def TransformerLM(
         PositionalEmbedding(context, positions),
         *blocks,
         LayerNorm(),
-        Linear(vocab_size, init="glorot"),
+        (LinearCrossEntropyHead if fused_head else Linear)(vocab_size, init="glorot"),
     )
