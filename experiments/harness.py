@@ -127,7 +127,7 @@ class Experiment(abc.ABC):
         """Config entries before the flags (what was trained) and after them (facts of the data)."""
         return {}, {}
 
-    def epoch_metrics(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+    def epoch_metrics(self, run: Run, entry: Mapping[str, Any]) -> dict[str, Any]:
         """Entries added to each epoch's (``test_bits_per_char``); keys ``test_*`` reach metrics.json's ``test``."""
         return {}
 
@@ -241,7 +241,7 @@ def run(experiment: Experiment, model: ModelChoice, args: argparse.Namespace) ->
     bar = outputs.progress_bar(args.epochs, f"{experiment.name} ({args.grad})", args.no_progress or not runtime.is_writer())
 
     def on_epoch(entry: dict, params: Any) -> None:
-        shown = {**entry, **experiment.epoch_metrics(entry)}
+        shown = {**entry, **experiment.epoch_metrics(setup, entry)}
         bar.n = entry["epoch"]
         bar.set_postfix({"loss": f"{entry['train_loss']:.4f}", experiment.headline: f"{shown[experiment.headline]:.4f}"})
 
@@ -254,7 +254,7 @@ def run(experiment: Experiment, model: ModelChoice, args: argparse.Namespace) ->
     )
     bar.close()
     for entry in history.epochs:
-        entry.update(experiment.epoch_metrics(entry))
+        entry.update(experiment.epoch_metrics(setup, entry))
     last = history.epochs[-1]
     metrics = {
         "config": config,

@@ -86,6 +86,17 @@ def test_sequence_targets_are_the_sequence_issues():
     assert met["attention manual temp bytes <= 1/8 of reference at T=2048"]
     assert met["transformer manual / reference at transformer-T128@1 <= 1.05"]
     assert met["explicit / manual, every config <= 1.10"] and not any(what.startswith(("MLP", "CNN")) for what in met)
+    rows += [row("lstm-T256", "manual", 70.0, 30), row("lstm-T256", "reference", 100.0, 100), row("lstm-T256", "torch", 50.0, None),
+             row("lmhead-V32768", "manual", 900.0, 10), row("lmhead-V32768", "reference", 1000.0, 90)]
+    met = {what: ok for what, _, ok in targets.evaluate({"rows": rows, "epochs": []})}
+    assert met["LSTM manual / reference time at T=256 <= 0.8"] and met["LSTM manual temp bytes <= 1/3 of reference at T=256"]
+    assert not met["torch / manual at lstm-T256@1 >= 0.8"]  # 50 / 70
+    assert met["lmhead manual / reference time at lmhead-V32768@1 <= 1.0"]
+    assert met["lmhead manual temp bytes <= 1/8 of reference at lmhead-V32768@1"]
+    rows[-1] = row("lmhead-V32768", "reference", 800.0, 70)
+    met = {what: ok for what, _, ok in targets.evaluate({"rows": rows, "epochs": []})}
+    assert not met["lmhead manual / reference time at lmhead-V32768@1 <= 1.0"]
+    assert not met["lmhead manual temp bytes <= 1/8 of reference at lmhead-V32768@1"]
     rows[3] = row("attention-T2048", "reference", 140.0, 100)  # slower than the reference, and only 6x less memory
     met = {what: ok for what, _, ok in targets.evaluate({"rows": rows, "epochs": []})}
     assert not met["attention manual / reference time at T=2048 <= 1.0"]
@@ -99,7 +110,9 @@ def test_quick_run_writes_the_json_and_the_report(tmp_path, capsys):
     mlp = [r for r in result["rows"] if r["model"] == "8-64-64-1"]
     assert {r["impl"] for r in mlp} == {"manual", "explicit", "reference", "gemms_only"} and {r["batch"] for r in mlp} == {64}
     attention = [r for r in result["rows"] if r["model"] == "attention-T256"]
-    assert {r["impl"] for r in attention} == {"manual", "reference"} and len(mlp) + len(attention) == len(result["rows"])
+    lstm = [r for r in result["rows"] if r["model"] == "lstm-T32"]
+    assert {r["impl"] for r in attention} == {r["impl"] for r in lstm} == {"manual", "reference"}
+    assert len(mlp) + len(attention) + len(lstm) == len(result["rows"])
     for row in result["rows"]:
         assert row["step_ms"] > 0 and row["gflops"] > 0
         assert isinstance(row["temp_bytes"], int)

@@ -347,3 +347,65 @@ def test_shakespeare_resume_is_bit_identical_and_bad_flags_are_refused(tiny_text
         assert e.value.code == 2 and message in capsys.readouterr().err
     assert shakespeare.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "bad"), *TINY_LM]) == 1
     assert "shakespeare.txt" in capsys.readouterr().err
+
+
+TINY_LSTM = ["--model", "lstm", "--context", "16", "--width", "12", "--batch-size", "16", "--warmup-steps", "2",
+             "--sample-chars", "40", "--no-progress", "--epochs", "2"]
+
+
+def test_shakespeare_lstm_learns_alike_with_manual_and_reference_gradients_and_keeps_its_model(tiny_text, tmp_path, capsys):
+    from experiments import shakespeare
+
+    def lstm_main(out, *flags):
+        assert shakespeare.main(["--data-dir", str(tiny_text), "--out", str(out), *TINY_LSTM, *flags]) == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    manual, reference = (lstm_main(tmp_path / g, "--grad", g) for g in ("manual", "reference"))
+    assert manual["config"]["model"] == "lstm" and manual["config"]["heads"] is None
+    assert manual["epochs"][-1]["test_loss"] < manual["epochs"][0]["test_loss"] < np.log(manual["config"]["vocab_size"])
+    np.testing.assert_allclose(np.concatenate(reference["step_loss"]), np.concatenate(manual["step_loss"]), rtol=2e-4)
+    assert len((tmp_path / "manual" / "sample.txt").read_text()) == 41
+    capsys.readouterr()
+    for flags, message in [(["--heads", "2"], "--heads and --positions are the transformer's; --model lstm has neither"),
+                           (["--depth", "0"], "--depth")]:
+        with pytest.raises(SystemExit) as e:
+            shakespeare.main(["--data-dir", str(tiny_text), "--out", str(tmp_path / "bad"), *TINY_LSTM, *flags])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    # the checkpoint is an LSTM's: resuming it as the transformer is refused, naming the model
+    assert shakespeare.main(["--data-dir", str(tiny_text), "--out", str(tmp_path / "manual"), *TINY_LM, "--resume"]) != 0
+    assert "model: 'lstm' there, 'transformer' now" in capsys.readouterr().err
+
+
+needs_tokenizers = pytest.mark.skipif(importlib.util.find_spec("tokenizers") is None,
+                                      reason="tokenizers (the experiments extra) is not installed")
+
+
+@needs_tokenizers
+def test_shakespeare_bpe_trains_the_fused_head_and_reports_nats_per_character(tiny_text, tmp_path, capsys):
+    """A BPE learnt from the tiny training text, the transformer with the fused output layer +
+    loss, the validation loss per token turned into nats per character, a sample decoded to text;
+    flags that do not fit the tokenizer are refused."""
+    from experiments import bpe, shakespeare
+
+    out = tmp_path / "bpe"
+    flags = ["--data-dir", str(tiny_text), *TINY_LM, "--tokenizer", "bpe", "--vocab-size", "300", "--context", "8",
+             "--batch-size", "4", "--epochs", "2"]
+    assert shakespeare.main([*flags, "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    text = (tiny_text / "shakespeare" / "shakespeare.txt").read_text()
+    ds = bpe.load_bpe(tiny_text, vocab_size=300, context=8)
+    tokenizer = ds.info["tokenizer"]
+    assert tokenizer.decode(np.concatenate([ds.x_test[0], ds.y_test[0, -1:]]).tolist()) in text  # ids decode to the text
+    assert m["config"]["vocab_size"] == ds.info["vocab_size"] <= 300 and m["config"]["tokenizer"] == "bpe"
+    per_token = ds.info["test_chars_per_token"]
+    assert per_token == len(tokenizer.decode(ds.y_test.reshape(-1).tolist())) / ds.y_test.size > 1
+    assert m["test"]["nats_per_char"] == pytest.approx(m["test"]["loss"] / per_token)
+    assert m["epochs"][-1]["test_loss"] < m["epochs"][0]["test_loss"]
+    sample = (out / "sample.txt").read_text()
+    assert sample.startswith("\n") and len(sample) > 40  # 40 tokens decoded (any of the 256 bytes may be drawn)
+    capsys.readouterr()
+    for bad, message in [(["--vocab-size", "100"], "--vocab-size 100 must be >= 257"),
+                         (["--tokenizer", "char"], "--vocab-size is BPE's")]:
+        with pytest.raises(SystemExit) as e:
+            shakespeare.main([*flags, "--out", str(tmp_path / "bad"), *bad])
+        assert e.value.code == 2 and message in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``python -m experiments.benchmark [--quick] [--only {mlp,cnn,sequence}] --out DIR``: the families
+"""``python -m experiments.benchmark [--quick] [--only {mlp,cnn,sequence,recurrent,lmhead}] --out DIR``: the families
 of rows in one table (:data:`FAMILIES`), the run over them, and the files it writes.
 
 A new family of rows is a module with a ``rows(case, settings)`` function, one :class:`Family`
@@ -15,7 +15,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from experiments import common
-from experiments.benchmark import configs, epochs, layers, machine, report, sequence, steps
+from experiments.benchmark import configs, epochs, layers, lmhead, machine, recurrent, report, sequence, steps
 from experiments.benchmark.timing import Settings
 from experiments.flags import HelpFormatter
 from manualgrad import malloc
@@ -55,6 +55,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("sequence", "rows", sequence.ATTENTION_T, (256,), lambda t: f"attention T={t}", sequence.attention_rows),
     Family("sequence", "rows", sequence.TRANSFORMER_T, (), lambda t: f"transformer train step T={t}",
            sequence.transformer_rows),
+    Family("recurrent", "rows", recurrent.LSTM_T, (32,), lambda t: f"LSTM forward + backward T={t}", recurrent.lstm_rows),
+    Family("lmhead", "rows", lmhead.VOCABS, (), lambda v: f"output layer + cross-entropy V={v}", lmhead.lmhead_rows),
     Family("mlp", "epochs", ((128, epochs.EPOCH_EXAMPLES), (1024, epochs.EPOCH_EXAMPLES)), ((1024, 4096),),
            lambda case: f"epoch {common.MNIST.architecture} batch {case[0]}", epochs.epoch_rows),
 )
@@ -112,10 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epoch-repeats", type=int, default=5, help="timed epochs per epoch variant")
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch rows")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run (seconds): the California Housing config, attention at T=256, a 4096-example "
-                        "epoch, one short round")
+                   help="smoke run (seconds): the California Housing config, attention at T=256, the LSTM at T=32, "
+                        "a 4096-example epoch, one short round")
     p.add_argument("--only", choices=tuple(dict.fromkeys(f.only for f in FAMILIES)), default=None,
-                   help="only the MLP, the CNN or the sequence (attention, transformer) rows (default: all)")
+                   help="only the MLP, the CNN, the sequence (attention, transformer), the recurrent (LSTM) or the "
+                        "lmhead (fused output layer + cross-entropy) rows (default: all)")
     p.add_argument("--malloc-defaults", action="store_true",
                    help="measure with glibc's malloc as it starts, without manualgrad.malloc.reuse_freed_memory() "
                         "(every framework in the process, PyTorch too, runs with the same setting)")

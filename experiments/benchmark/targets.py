@@ -16,11 +16,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-#: model-name patterns of the families of rows; ``(?P<T>...)`` captures the context length
+#: model-name patterns of the families of rows; a named group captures the size the row is at
+#: (``T`` the context length, ``V`` the vocabulary)
 MLP = r"\d+(?:-\d+)+"
 CNN = "cnn"
 ATTENTION = r"attention-T(?P<T>\d+)"
 TRANSFORMER = r"transformer-T(?P<T>\d+)"
+LSTM = r"lstm-T(?P<T>\d+)"
+LMHEAD = r"lmhead-V(?P<V>\d+)"
 
 Range = tuple[int | None, int | None]  # inclusive; None leaves that end open
 
@@ -30,16 +33,17 @@ class Rows:
     """Which rows a target compares: benchmark.json's ``section``, grouped by (model, batch).
 
     Attributes:
-        model: a regular expression the model name must match in full; a group ``T`` gives the context.
+        model: a regular expression the model name must match in full; its named group (``T``,
+            ``V``), if any, gives the size that ``size`` bounds and the target's text names.
         section: ``rows`` (train steps, attention), ``layers`` or ``epochs``.
         batch: the batch sizes, an inclusive range.
-        t: the contexts (the pattern's ``T``), an inclusive range.
+        size: the sizes (the pattern's named group), an inclusive range.
     """
 
     model: str
     section: str = "rows"
     batch: Range = (None, None)
-    t: Range = (None, None)
+    size: Range = (None, None)
 
     def groups(self, result: dict) -> Iterator[tuple[dict[str, Any], dict[str, dict]]]:
         """Each matching (model, batch): its names for the target's text and its rows by variant
@@ -50,10 +54,10 @@ class Rows:
             grouped.setdefault((row["model"], row["batch"]), {})[variant] = row
         for (model, batch), rows in grouped.items():
             match = re.fullmatch(self.model, model)
-            context = match.groupdict().get("T") if match else None
-            t = None if context is None else int(context)
-            if match and within(batch, self.batch) and (self.t == (None, None) or t is not None and within(t, self.t)):
-                yield {"at": f"{model}@{batch}", "model": model, "batch": batch, "T": t}, rows
+            sizes = {k: int(v) for k, v in match.groupdict().items() if v is not None} if match else {}
+            size = next(iter(sizes.values()), None)
+            if match and within(batch, self.batch) and (self.size == (None, None) or size is not None and within(size, self.size)):
+                yield {"at": f"{model}@{batch}", "model": model, "batch": batch, **sizes}, rows
 
 
 def within(value: int, bounds: Range) -> bool:
@@ -67,7 +71,7 @@ class Target:
     """One target of the benchmark.
 
     Attributes:
-        name: the report's text; ``{at}`` (``model@batch``), ``{T}``, ``{batch}``, ``{op}`` and
+        name: the report's text; ``{at}`` (``model@batch``), the size (``{T}``, ``{V}``), ``{batch}``, ``{op}`` and
             ``{threshold}`` are filled in.
         rows: the rows it compares.
         compare: ``(a, b)``: the quantity of variant ``a`` over that of ``b``; ``(a,)``: of ``a`` alone.
@@ -137,13 +141,21 @@ TARGETS: tuple[Target, ...] = (
     Target("MLP manual / reference, every config {op} {threshold}", Rows(MLP), TIME, threshold="1.05", over="every"),
     Target("CNN manual / reference at {at} {op} {threshold}", Rows(CNN, batch=(None, 128)), TIME, threshold="0.60"),
     Target("CNN manual / reference at {at} {op} {threshold}", Rows(CNN, batch=(129, None)), TIME, threshold="1.05"),
-    Target("attention manual / reference time at T={T} {op} {threshold}", Rows(ATTENTION, t=(None, 512)), TIME,
+    Target("attention manual / reference time at T={T} {op} {threshold}", Rows(ATTENTION, size=(None, 512)), TIME,
            threshold="1.3"),
-    Target("attention manual / reference time at T={T} {op} {threshold}", Rows(ATTENTION, t=(513, None)), TIME,
+    Target("attention manual / reference time at T={T} {op} {threshold}", Rows(ATTENTION, size=(513, None)), TIME,
            threshold="1.0"),
-    Target("attention manual temp bytes {op} {threshold} of reference at T={T}", Rows(ATTENTION, t=(2048, None)), TIME,
+    Target("attention manual temp bytes {op} {threshold} of reference at T={T}", Rows(ATTENTION, size=(2048, None)), TIME,
            threshold="1/8", quantity="temp_bytes"),
     Target("transformer manual / reference at {at} {op} {threshold}", Rows(TRANSFORMER), TIME, threshold="1.05"),
+    Target("LSTM manual / reference time at T={T} {op} {threshold}", Rows(LSTM, size=(256, None)), TIME, threshold="0.8"),
+    Target("LSTM manual temp bytes {op} {threshold} of reference at T={T}", Rows(LSTM, size=(256, None)), TIME,
+           threshold="1/3", quantity="temp_bytes"),
+    Target("torch / manual at {at} {op} {threshold}", Rows(LSTM, size=(256, None)), ("torch", "manual"), ">=", "0.8"),
+    Target("lmhead manual / reference time at {at} {op} {threshold}", Rows(LMHEAD), TIME, threshold="1.0"),
+    Target("lmhead manual temp bytes {op} {threshold} of reference at {at}", Rows(LMHEAD, size=(32768, None)), TIME,
+           threshold="1/8", quantity="temp_bytes"),
+    Target("torch / manual at {at} (reported, no target)", Rows(LMHEAD), ("torch", "manual")),
     Target("explicit / manual, every config {op} {threshold}", Rows(".+"), ("explicit", "manual"), threshold="1.10",
            over="every"),
     Target("torch / manual at {at} {op} {threshold}", Rows(MLP, batch=(None, 255)), ("torch", "manual"), ">=", "1.1"),

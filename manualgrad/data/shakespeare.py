@@ -32,7 +32,7 @@ from manualgrad.data.source import (
     resolve_data_dir,
 )
 
-__all__ = ["Shakespeare", "load_shakespeare", "windows", "encode", "decode", "FILE", "URL", "TRAIN_FRACTION", "CHUNK"]
+__all__ = ["Shakespeare", "load_shakespeare", "load_text", "text_windows", "windows", "encode", "decode", "FILE", "URL", "TRAIN_FRACTION", "CHUNK"]
 
 FILE = "shakespeare.txt"
 URL = "https://www.gutenberg.org/cache/epub/100/pg100.txt"  # The Complete Works of William Shakespeare
@@ -109,6 +109,46 @@ def windows(ids: np.ndarray, context: int, starts: np.ndarray) -> tuple[np.ndarr
     return chunk[:, :-1], chunk[:, 1:]
 
 
+def load_text(
+    data_dir: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(train, test, source)``: the training and validation text as Unicode code points (int32),
+    prepared (and cached) once, and where the text came from (the file, or the URL)."""
+    root = resolve_data_dir(data_dir)
+    cache = cache_root(cache_dir)
+    if root is not None:
+        folder = root / "shakespeare"
+        files = find_files("manualgrad.data.load_shakespeare", folder, [FILE], HOW)
+        builder, where = make_builder(Shakespeare, cache, folder, files), str(folder / FILE)
+    else:
+        builder, where = make_builder(Shakespeare, cache), URL
+    sources = prepare(builder)
+    train, test = (np.concatenate([r["chars"] for r in sources[s].__getitems__(range(len(sources[s])))]) for s in ("train", "test"))
+    return train, test, where
+
+
+def text_windows(
+    train_ids: np.ndarray, test_ids: np.ndarray, context: int, seed: int, unit: str = "characters"
+) -> tuple[np.ndarray, ...]:
+    """``(x_train, y_train, x_test, y_test)`` from the two splits' ids: ``len(train_ids) // context``
+    training windows starting at random positions drawn with ``seed``, and the validation ids cut
+    into consecutive windows (stride ``context``). ``unit`` names an id in the error message."""
+    if len(test_ids) < context + 1:
+        raise ValueError(
+            f"manualgrad.data.load_shakespeare: the validation text has {len(test_ids)} {unit}, "
+            f"fewer than one window of context + 1 = {context + 1}"
+        )
+    n = len(train_ids) // context
+    starts = np.random.default_rng(seed).integers(0, len(train_ids) - context, size=n)
+    return (*windows(train_ids, context, starts), *windows(test_ids, context, np.arange(0, len(test_ids) - context, context)))
+
+
+def check_context(where: str, context: int) -> None:
+    """Fail unless ``context`` is a positive integer."""
+    if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or context < 1:
+        raise ValueError(f"{where}: context must be a positive integer, got {context!r}")
+
+
 def load_shakespeare(
     data_dir: str | os.PathLike | None = None,
     *,
@@ -124,29 +164,10 @@ def load_shakespeare(
     ``info`` holds ``vocab`` (the characters, id order), ``train_chars``, ``test_chars``,
     ``context`` and the source.
     """
-    if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or context < 1:
-        raise ValueError(f"manualgrad.data.load_shakespeare: context must be a positive integer, got {context!r}")
-    root = resolve_data_dir(data_dir)
-    cache = cache_root(cache_dir)
-    if root is not None:
-        folder = root / "shakespeare"
-        files = find_files("manualgrad.data.load_shakespeare", folder, [FILE], HOW)
-        builder, where = make_builder(Shakespeare, cache, folder, files), str(folder / FILE)
-    else:
-        builder, where = make_builder(Shakespeare, cache), URL
-    sources = prepare(builder)
-    train, test = (np.concatenate([r["chars"] for r in sources[s].__getitems__(range(len(sources[s])))]) for s in ("train", "test"))
-    if len(test) < context + 1:
-        raise ValueError(
-            f"manualgrad.data.load_shakespeare: the validation text has {len(test)} characters, "
-            f"fewer than one window of context + 1 = {context + 1}"
-        )
+    check_context("manualgrad.data.load_shakespeare", context)
+    train, test, where = load_text(data_dir, cache_dir=cache_dir)
     points = np.unique(np.concatenate([train, test]))
     vocab = "".join(map(chr, points))
     train_ids, test_ids = (np.searchsorted(points, a).astype(np.int32) for a in (train, test))
-    n = len(train_ids) // context
-    starts = np.random.default_rng(seed).integers(0, len(train_ids) - context, size=n)
-    x_train, y_train = windows(train_ids, context, starts)
-    x_test, y_test = windows(test_ids, context, np.arange(0, len(test_ids) - context, context))
     info = {"source": where, "vocab": vocab, "train_chars": len(train), "test_chars": len(test), "context": context, "seed": seed}
-    return Dataset("shakespeare", x_train, y_train, x_test, y_test, info)
+    return Dataset("shakespeare", *text_windows(train_ids, test_ids, context, seed), info)

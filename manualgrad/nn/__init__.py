@@ -27,7 +27,7 @@ from manualgrad.nn.dense import (
 )
 from manualgrad.nn.head import LinearCrossEntropyHead
 from manualgrad.nn.layer import Layer, fanout, init_state, primitive, residual, serial, stateless
-from manualgrad.nn.recurrent import GRU, LSTM, RNN, DropLengths
+from manualgrad.nn.recurrent import GRU, LSTM, LSTMLM, RNN, DropLengths
 from manualgrad.nn.registry import LAYERS, LayerExample
 from manualgrad.nn.sequence import Embedding, MultiHeadAttention, PositionalEmbedding, TransformerBlock, TransformerLM
 from manualgrad.nn.dropout import Dropout
@@ -71,6 +71,7 @@ __all__ = [
     "LSTM",
     "GRU",
     "DropLengths",
+    "LSTMLM",
     "serial",
     "fanout",
     "residual",

@@ -1,4 +1,5 @@
-"""Recurrent layers ``RNN``, ``LSTM`` and ``GRU`` (one or both directions), and ``DropLengths``.
+"""Recurrent layers ``RNN``, ``LSTM`` and ``GRU`` (one or both directions), ``DropLengths``, and
+the character-level language model ``LSTMLM``.
 
 Each layer runs its sequence op (:func:`manualgrad.ops.rnn`, :func:`~manualgrad.ops.lstm`,
 :func:`~manualgrad.ops.gru`) from a zero initial state, batch-first: ``(N, T, D) -> (N, T, H)``.
@@ -36,9 +37,12 @@ import numpy as np
 from manualgrad import ops
 from manualgrad.core import Op
 from manualgrad.errors import fail, positive_int
-from manualgrad.nn.layer import Layer, stateless
+from manualgrad.nn.dense import Linear
+from manualgrad.nn.dropout import Dropout
+from manualgrad.nn.layer import Layer, serial, stateless
+from manualgrad.nn.sequence import Embedding
 
-__all__ = ["RNN", "LSTM", "GRU", "DropLengths"]
+__all__ = ["RNN", "LSTM", "GRU", "DropLengths", "LSTMLM"]
 
 _OUTPUTS = ("sequence", "last")
 
@@ -218,3 +222,25 @@ def DropLengths() -> Layer:
         return (), ((y_bar, None) if paired else y_bar)
 
     return stateless("DropLengths", init, apply, fwd, bwd)
+
+
+def LSTMLM(vocab_size: int, width: int = 512, depth: int = 1, dropout: float = 0.0) -> Layer:
+    """A recurrent language model on token ids ``(batch, T)`` (Karpathy's char-rnn): an
+    :func:`~manualgrad.nn.Embedding` of width ``width``, ``depth`` :func:`LSTM` layers of ``width``
+    units and a ``Linear`` output layer, giving logits ``(batch, T, vocab_size)`` whose position
+    ``t`` predicts token ``t + 1`` from tokens ``<= t`` (every LSTM runs forwards from a zero state,
+    so the model is causal and any ``T`` works).
+
+    Train it like :func:`~manualgrad.nn.TransformerLM`, with
+    :func:`manualgrad.losses.softmax_cross_entropy` against the ids shifted by one. ``dropout > 0``
+    adds dropout after each LSTM layer (before the next one and before the output layer), as
+    char-rnn does. The embedding is drawn with std 1 (a one-hot input times a random matrix), the
+    output layer with Glorot's uniform init. Params: :func:`~manualgrad.nn.serial`'s tuple of the
+    embedding, the LSTMs (and dropouts, whose params are ``()``) and the output layer.
+    """
+    where = f"manualgrad.nn.LSTMLM({vocab_size!r}, width={width!r}, depth={depth!r})"
+    width = positive_int(where, "width", width)
+    depth = positive_int(where, "depth", depth)
+    drop = [Dropout(dropout)] if dropout != 0 else []  # Dropout refuses rates outside [0, 1)
+    layers = [layer for _ in range(depth) for layer in (LSTM(width), *drop)]
+    return serial(Embedding(vocab_size, width, std=1.0), *layers, Linear(vocab_size, init="glorot"))

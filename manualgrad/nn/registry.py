@@ -66,6 +66,7 @@ LAYERS: dict[str, LayerExample] = {
     ),
     "GRU": LayerExample(lambda: recurrent.GRU(2), (2, 3, 3)),
     "LSTM-bidirectional-last": LayerExample(lambda: recurrent.LSTM(2, bidirectional=True, output="last"), (2, 3, 2)),
+    "LSTMLM": LayerExample(lambda: recurrent.LSTMLM(7, width=3, depth=2, dropout=0.2), (2, 4), ids=7),
     "DropLengths": LayerExample(recurrent.DropLengths, (2, 3, 2)),  # plain input: passed through
     "residual": LayerExample(lambda: residual(dense.Linear(3), dense.Tanh()), (2, 3)),
     "serial-cnn": LayerExample(

@@ -4,13 +4,15 @@
 pass and runs the input projection as one small product per step. Here, as in cuDNN and
 PyTorch's fused kernels:
 
-* the input product ``x @ wx`` of every step is one product before the forward loop, and its
-  gradients ``x_bar`` and ``wx_bar`` one product each after the backward loop (and so is
-  ``wh_bar``, from the saved states); the bias is added step by step, inside the cell;
+* the input product ``x @ wx`` is one product per block of :data:`BLOCK` steps (32), before
+  that block's loop, and its gradients ``x_bar`` and ``wx_bar`` one product each after the
+  block's backward loop (and so is ``wh_bar``, from the saved states); the bias is added step by
+  step, inside the cell;
 * the residuals are the inputs and the states entering each step (``h``, and ``c`` for the
-  LSTM): O(N T H), not O(N T 4H) of gates plus their activations. The backward recomputes
-  ``x @ wx`` (one product) and each step's gates from its saved state, and overwrites the
-  product step by step with the gate cotangents ``ax_bar``, so one (N, T, G H) buffer serves both;
+  LSTM): O(N T H), not O(N T 4H) of gates plus their activations. The backward recomputes each
+  block's ``x @ wx`` (one product) and each step's gates from its saved state, and overwrites the
+  block's product step by step with the gate cotangents ``ax_bar``, so one (N, BLOCK, G H)
+  buffer serves both and no (N, T, G H) array is ever held;
 * the backward is one reverse loop over the cell's own hand-written step backward
   (:class:`manualgrad.ops.recurrent_step.Cell`), shared by the three ops.
 
@@ -59,10 +61,11 @@ _BACKWARD = """Backward through time, one loop over the steps in the order oppos
     derivation above, the gates recomputed from the saved state entering step t) and passes the
     state's cotangent on to step t - 1. A step beyond a row's length is the identity on the
     state, so there the carry passes through untouched and ``hs_bar`` (of a constant 0) is
-    dropped. Each step's ``ax_bar`` replaces that step's ``x @ wx`` in the buffer; after the loop
-    ``x_bar = ax_bar wx^T``, ``wx_bar = x^T ax_bar``, ``wh_bar = h_prev^T ah_bar`` and the bias
-    sums are one product (or sum) each over all (N, T) positions, and ``h0_bar`` is the final
-    carry."""
+    dropped. The steps run in blocks of ``BLOCK``: a block recomputes its ``x @ wx``, each of its
+    steps' ``ax_bar`` replaces that step's product in the block's buffer, and after the block's
+    loop its ``x_bar = ax_bar wx^T`` is one product and ``wx_bar += x^T ax_bar``, ``wh_bar +=
+    h_prev^T ah_bar`` and the bias sums one product (or sum) each over the block's (N, BLOCK)
+    positions; ``h0_bar`` is the final carry."""
 
 
 def _valid(lengths: Any, steps: int) -> Any:
@@ -107,9 +110,43 @@ def _put(a: jax.Array, value: jax.Array, t: jax.Array) -> jax.Array:
     return lax.dynamic_update_index_in_dim(a, value, t, axis=1)
 
 
-def _step(i: jax.Array, steps: int, reverse: bool) -> jax.Array:
-    """The time index of the loop's ``i``-th iteration."""
-    return steps - 1 - i if reverse else i
+#: steps per block of the input projection: ``x @ wx`` (and in the backward ``ax_bar``) is held
+#: for one block at a time, (N, BLOCK, G H), not for the whole sequence
+BLOCK = 32
+
+
+def _blocks(steps: int, reverse: bool, block: Callable[[Any, int, Any], Any], carry: Any) -> Any:
+    """``block(start, size, carry) -> carry`` over blocks of :data:`BLOCK` steps covering ``range(steps)``
+    (a shorter last block holds the remainder), in time order, or from the last block back when
+    ``reverse``. Full blocks run in a loop (``start`` traced, ``size`` static); the remainder once."""
+    full, rest = divmod(steps, BLOCK)
+
+    def full_block(j, carry):
+        return block((full - 1 - j if reverse else j) * BLOCK, BLOCK, carry)
+
+    if rest and reverse:
+        carry = block(full * BLOCK, rest, carry)
+    if full:
+        carry = lax.fori_loop(0, full, full_block, carry)
+    if rest and not reverse:
+        carry = block(full * BLOCK, rest, carry)
+    return carry
+
+
+def _steps(start: Any, size: int, reverse: bool, step: Callable[[Any, Any, Any], Any], carry: Any) -> Any:
+    """``step(local, t, carry) -> carry`` for the ``size`` steps of the block at ``start`` (``local``
+    the index inside the block, ``t = start + local``), in time order or reversed."""
+
+    def body(i, carry):
+        local = size - 1 - i if reverse else i
+        return step(local, start + local, carry)
+
+    return lax.fori_loop(0, size, body, carry)
+
+
+def _window(a: jax.Array, start: Any, size: int) -> jax.Array:
+    """Steps ``start .. start + size - 1`` of a batch-first (N, T, ...) array."""
+    return lax.dynamic_slice_in_dim(a, start, size, axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("cell", "reverse"))
@@ -117,58 +154,78 @@ def sequence_forward(
     cell: Cell, x: jax.Array, state0: State, wx: jax.Array, wh: jax.Array, bx: jax.Array, bh: Any, lengths: Any,
     reverse: bool,
 ) -> tuple:
-    """``(hs, last state, res)``: every step's projection as one product, then a loop over the
-    steps. The residuals are the inputs and the states entering each step, (N, T, H) each."""
+    """``(hs, last state, res)``: for each block of steps, its input projection as one product,
+    then a loop over its steps. The residuals are the inputs and the states entering each step,
+    (N, T, H) each."""
     n, steps = x.shape[:2]
-    xw = x @ wx  # the bias is added step by step: a separate (N, T, G H) sum would be another buffer
 
-    def body(i, carry):
-        state, hs, before = carry
-        t = _step(i, steps, reverse)
-        before = tuple(_put(b, s, t) for b, s in zip(before, state))
-        new = cell.forward(_at(xw, t) + bx, state, wh, bh)
-        inside = _inside(lengths, t)
-        if inside is not None:  # past a row's length: the state is kept and the output is 0
-            new = tuple(jnp.where(inside, a, b) for a, b in zip(new, state))
-            return new, _put(hs, jnp.where(inside, new[0], 0), t), before
-        return new, _put(hs, new[0], t), before
+    def block(start, size, carry):
+        xw = _window(x, start, size) @ wx  # the bias is added step by step: no second (N, size, G H) buffer
+
+        def step(local, t, carry):
+            state, hs, before = carry
+            before = tuple(_put(b, s, t) for b, s in zip(before, state))
+            new = cell.forward(_at(xw, local) + bx, state, wh, bh)
+            inside = _inside(lengths, t)
+            if inside is not None:  # past a row's length: the state is kept and the output is 0
+                new = tuple(jnp.where(inside, a, b) for a, b in zip(new, state))
+                return new, _put(hs, jnp.where(inside, new[0], 0), t), before
+            return new, _put(hs, new[0], t), before
+
+        return _steps(start, size, reverse, step, carry)
 
     buffers = tuple(jnp.zeros((n, steps, s.shape[-1]), s.dtype) for s in state0)
-    last, hs, before = lax.fori_loop(0, steps, body, (tuple(state0), buffers[0], buffers))
+    last, hs, before = _blocks(steps, reverse, block, (tuple(state0), buffers[0], buffers))
     return hs, last, (x, before, wx, wh, bx, bh, lengths)
 
 
 @functools.partial(jax.jit, static_argnames=("cell", "reverse"))
 def sequence_backward(cell: Cell, res: tuple, hs_bar: Any, last_bar: tuple, reverse: bool) -> tuple:
-    """``(x_bar, state0_bar, wx_bar, wh_bar, bx_bar, bh_bar)`` by one loop over the steps in reverse.
-    ``hs_bar`` and any part of ``last_bar`` may be None (zero: an output the caller did not use)."""
+    """``(x_bar, state0_bar, wx_bar, wh_bar, bx_bar, bh_bar)`` by one loop over the steps in reverse,
+    block by block. ``hs_bar`` and any part of ``last_bar`` may be None (zero: an output the
+    caller did not use)."""
     x, before, wx, wh, bx, bh, lengths = res
     steps = x.shape[1]
     dtype = jnp.result_type(x, *(a for a in (hs_bar, *last_bar) if a is not None))
     carry0 = tuple(jnp.zeros(s.shape[::2], dtype) if a is None else a.astype(dtype) for a, s in zip(last_bar, before))
     hs_bar = None if hs_bar is None else hs_bar.astype(dtype)
 
-    def body(i, carry):
-        after_bar, xw, ah_bar_all = carry  # x @ wx, overwritten step by step by ax_bar
-        t = _step(i, steps, not reverse)
-        cts = after_bar if hs_bar is None else (after_bar[0] + _at(hs_bar, t), *after_bar[1:])
-        inside = _inside(lengths, t)
-        if inside is not None:
-            cts = tuple(jnp.where(inside, a, 0) for a in cts)
-        ax_bar, ah_bar, state_bar = cell.backward(_at(xw, t) + bx, tuple(_at(b, t) for b in before), wh, bh, cts)
-        if inside is not None:  # past a row's length the state passed through unchanged
-            state_bar = tuple(a + jnp.where(inside, 0, b) for a, b in zip(state_bar, after_bar))
-        if ah_bar_all is not None:
-            ah_bar_all = _put(ah_bar_all, ah_bar, t)
-        return state_bar, _put(xw, ax_bar, t), ah_bar_all
+    def block_grads(start, size):
+        """The block's input projection ``x @ wx``, recomputed, and the projections' gradients of
+        the block from its ``ax_bar`` (and ``ah_bar``)."""
+        x_block = _window(x, start, size)
+        return x_block @ wx, lambda ax_bar, ah_bar: projection_grads(
+            x_block, _window(before[0], start, size), wx, ax_bar, ah_bar)
 
-    # recomputed, not kept: the barrier stops XLA from merging this with the forward's product
-    # (which would keep that alive through the forward and copy it here)
-    x_, wx_ = lax.optimization_barrier((x, wx))
-    xw = (x_ @ wx_).astype(dtype)
-    ah_bar_all = jnp.zeros_like(xw) if cell.distinct_ah_bar else None
-    state0_bar, ax_bar, ah_bar_all = lax.fori_loop(0, steps, body, (carry0, xw, ah_bar_all))
-    x_bar, wx_bar, bx_bar, wh_bar, bh_bar = projection_grads(x, before[0], wx, ax_bar, ah_bar_all)
+    def block(start, size, carry):
+        after_bar, x_bar, sums = carry
+        xw, grads = block_grads(start, size)
+        xw = xw.astype(dtype)
+
+        def step(local, t, carry):
+            after_bar, ax_bar_all, ah_bar_all = carry  # ax_bar_all: the block's x @ wx, overwritten step by step
+            cts = after_bar if hs_bar is None else (after_bar[0] + _at(hs_bar, t), *after_bar[1:])
+            inside = _inside(lengths, t)
+            if inside is not None:
+                cts = tuple(jnp.where(inside, a, 0) for a in cts)
+            ax_bar, ah_bar, state_bar = cell.backward(_at(ax_bar_all, local) + bx, tuple(_at(b, t) for b in before), wh, bh, cts)
+            if inside is not None:  # past a row's length the state passed through unchanged
+                state_bar = tuple(a + jnp.where(inside, 0, b) for a, b in zip(state_bar, after_bar))
+            if ah_bar_all is not None:
+                ah_bar_all = _put(ah_bar_all, ah_bar, local)
+            return state_bar, _put(ax_bar_all, ax_bar, local), ah_bar_all
+
+        ah_bar_all = jnp.zeros_like(xw) if cell.distinct_ah_bar else None
+        after_bar, ax_bar, ah_bar_all = _steps(start, size, not reverse, step, (after_bar, xw, ah_bar_all))
+        x_bar_block, *weight_grads = grads(ax_bar, ah_bar_all)
+        x_bar = lax.dynamic_update_slice_in_dim(x_bar, x_bar_block.astype(x_bar.dtype), start, axis=1)
+        return after_bar, x_bar, tuple(a + b for a, b in zip(sums, weight_grads))
+
+    # the gradients' shapes and dtypes, for the accumulators: those of a one-step block
+    proto = jax.eval_shape(lambda: block_grads(0, 1)[1](*(2 * (jnp.zeros((x.shape[0], 1, wx.shape[1]), dtype),))))
+    x_bar0 = jnp.zeros(x.shape, proto[0].dtype)
+    sums0 = tuple(jnp.zeros(p.shape, p.dtype) for p in proto[1:])
+    state0_bar, x_bar, (wx_bar, bx_bar, wh_bar, bh_bar) = _blocks(steps, not reverse, block, (carry0, x_bar0, sums0))
     return x_bar, state0_bar, wx_bar, wh_bar, bx_bar, bh_bar
 
 

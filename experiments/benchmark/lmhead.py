@@ -11,21 +11,18 @@ One call computes the mean loss of ``softmax_cross_entropy(x @ w + b, labels)`` 
   threads.
 
 ``gflops`` counts the three (rows x D x V) products (logits, ``x_bar``, ``w_bar``). A call takes
-seconds, so each implementation is timed ``rounds`` times, one call at a time in turns, and the
-row gives the median. ``python -m experiments.benchmark_lmhead [--vocab 8192 32768] [--rounds 3]
-[--chunk 256]`` prints the rows as JSON lines.
+seconds, so each implementation is timed at most 3 rounds of one call each, in turns, and the
+row gives the median (``python -m experiments.benchmark --only lmhead``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Callable
 
 import jax
 import numpy as np
 
-from experiments.benchmark.timing import Runner, as_rows, repeat_call, temp_bytes, time_interleaved
+from experiments.benchmark.timing import Runner, Settings, as_rows, repeat_call, temp_bytes, time_interleaved
 from manualgrad import losses, reference_mode
 from manualgrad.linear_cross_entropy import CHUNK
 
@@ -72,7 +69,7 @@ def torch_lmhead_runner(x: np.ndarray, w: np.ndarray, b: np.ndarray, labels: np.
     return run
 
 
-def lmhead_rows(vocab: int, rounds: int = 3, chunk: int = CHUNK, with_torch: bool = True) -> list[dict]:
+def lmhead_rows(vocab: int, settings: Settings) -> list[dict]:
     """The ``lmhead-V{vocab}`` rows: ``{"model", "batch", "impl", "step_ms", "gflops", "temp_bytes"}``
     for ``manual``, ``reference`` and (where installed) ``torch`` (temp bytes None)."""
     host = lmhead_inputs(vocab)
@@ -80,28 +77,12 @@ def lmhead_rows(vocab: int, rounds: int = 3, chunk: int = CHUNK, with_torch: boo
     runners: dict[str, Runner] = {}
     temps: dict[str, int | None] = {}
     for impl in ("manual", "reference"):
-        compiled = jax.jit(lmhead_step(impl, chunk)).lower(*args).compile()
+        compiled = jax.jit(lmhead_step(impl)).lower(*args).compile()
         runners[impl], temps[impl] = repeat_call(compiled, *args), temp_bytes(compiled)
-    torch_run = torch_lmhead_runner(*host) if with_torch else None
+    torch_run = torch_lmhead_runner(*host) if settings.with_torch else None
     if torch_run is not None:
         runners["torch"], temps["torch"] = torch_run, None
     for run in runners.values():  # warm up: first calls allocate
         run(1)
-    seconds = time_interleaved(runners, rounds, None)
+    seconds = time_interleaved(runners, min(settings.rounds, 3), None)
     return as_rows(f"lmhead-V{vocab}", ROWS, seconds, 6 * ROWS * DIM * vocab, temps)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vocab", type=int, nargs="+", default=list(VOCABS), help="vocabulary sizes, one row set each")
-    parser.add_argument("--rounds", type=int, default=3, help="timed calls per implementation (median reported)")
-    parser.add_argument("--chunk", type=int, default=CHUNK, help="rows per block of the manual op")
-    parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch rows")
-    args = parser.parse_args(argv)
-    for vocab in args.vocab:
-        for row in lmhead_rows(vocab, args.rounds, args.chunk, not args.no_torch):
-            print(json.dumps(row), flush=True)
-
-
-if __name__ == "__main__":
-    main()
