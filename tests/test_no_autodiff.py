@@ -115,7 +115,7 @@ def recurrent_model():
 
 
 MODELS = [every_layer_model, sequence_model, recurrent_model]
-COMPOSITES = {"TransformerBlock", "TransformerLM"}  # serials of the other layers: their parts are traced
+COMPOSITES = {"TransformerBlock", "TransformerLM", "LSTMLM"}  # serials of the other layers: their parts are traced
 
 
 def test_the_models_hold_every_layer_and_every_loss():
