@@ -3,7 +3,7 @@
 One call computes the mean loss of ``softmax_cross_entropy(x @ w + b, labels)`` over 8192 rows,
 ``D = 256``, and its gradients for ``x``, ``w`` and ``b``, at ``V = 8192`` and ``V = 32768``:
 
-* ``manual``: :func:`manualgrad.losses.linear_softmax_cross_entropy`, blocks of ``chunk`` rows,
+* ``manual``: :func:`manualgrad.losses.linear_softmax_cross_entropy`, blocks of its default ``chunk`` rows,
   never holding the (8192, V) logits;
 * ``reference``: ``jax.grad`` of the plain composition (the op's reference), which keeps the
   logits and their gradient (1 GiB each at V = 32768);
@@ -22,20 +22,19 @@ from typing import Callable
 import jax
 import numpy as np
 
-from experiments.benchmark.timing import Runner, Settings, as_rows, repeat_call, temp_bytes, time_interleaved
+from experiments.benchmark.timing import Runner, Settings, as_rows, op_runners, time_interleaved
 from manualgrad import losses, reference_mode
-from manualgrad.linear_cross_entropy import CHUNK
 
 ROWS, DIM, VOCABS = 8192, 256, (8192, 32768)
 TORCH_THREADS = 2
 
 
-def lmhead_step(impl: str, chunk: int = CHUNK) -> Callable:
+def lmhead_step(impl: str) -> Callable:
     """``(x, w, b, labels) -> (loss, (x_bar, w_bar, b_bar))``: ``impl`` ``"manual"`` or ``"reference"``."""
 
     def f(x, w, b, labels):
         with reference_mode(impl == "reference"):
-            loss = lambda x, w, b: losses.linear_softmax_cross_entropy(x, w, b, labels, chunk=chunk)
+            loss = lambda x, w, b: losses.linear_softmax_cross_entropy(x, w, b, labels)
             return jax.value_and_grad(loss, argnums=(0, 1, 2))(x, w, b)
 
     return f
@@ -72,16 +71,7 @@ def torch_lmhead_runner(x: np.ndarray, w: np.ndarray, b: np.ndarray, labels: np.
 def lmhead_rows(vocab: int, settings: Settings) -> list[dict]:
     """The ``lmhead-V{vocab}`` rows: ``{"model", "batch", "impl", "step_ms", "gflops", "temp_bytes"}``
     for ``manual``, ``reference`` and (where installed) ``torch`` (temp bytes None)."""
-    host = lmhead_inputs(vocab)
-    args = tuple(jax.device_put(a) for a in host)
-    runners: dict[str, Runner] = {}
-    temps: dict[str, int | None] = {}
-    for impl in ("manual", "reference"):
-        compiled = jax.jit(lmhead_step(impl)).lower(*args).compile()
-        runners[impl], temps[impl] = repeat_call(compiled, *args), temp_bytes(compiled)
-    torch_run = torch_lmhead_runner(*host) if settings.with_torch else None
-    if torch_run is not None:
-        runners["torch"], temps["torch"] = torch_run, None
+    runners, temps = op_runners(lmhead_step, lmhead_inputs(vocab), torch_lmhead_runner, settings.with_torch)
     for run in runners.values():  # warm up: first calls allocate
         run(1)
     seconds = time_interleaved(runners, min(settings.rounds, 3), None)

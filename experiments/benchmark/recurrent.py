@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmark.timing import Runner, Settings, as_rows, repeat_call, temp_bytes
+from experiments.benchmark.timing import Runner, Settings, as_rows, op_runners
 from manualgrad import ops, reference_mode
 
 LSTM_T = (256, 1024)
@@ -86,14 +86,5 @@ def torch_lstm_runner(x: np.ndarray, wx: np.ndarray, wh: np.ndarray, b: np.ndarr
 
 def lstm_rows(t: int, settings: Settings) -> list[dict]:
     """The ``lstm-T{t}`` rows: manual, reference and (where installed) torch."""
-    host = lstm_inputs(t)
-    args = tuple(jax.device_put(a) for a in host)
-    runners: dict[str, Runner] = {}
-    temps: dict[str, int | None] = {}
-    for impl in ("manual", "reference"):
-        compiled = jax.jit(lstm_step(impl)).lower(*args).compile()
-        runners[impl], temps[impl] = repeat_call(compiled, *args), temp_bytes(compiled)
-    torch_run = torch_lstm_runner(*host) if settings.with_torch else None
-    if torch_run is not None:
-        runners["torch"], temps["torch"] = torch_run, None
+    runners, temps = op_runners(lstm_step, lstm_inputs(t), torch_lstm_runner, settings.with_torch)
     return as_rows(f"lstm-T{t}", BATCH, settings.time(runners), lstm_flops(t), temps)

@@ -14,8 +14,8 @@ import numpy as np
 
 from manualgrad import train
 
-__all__ = ["Runner", "Settings", "as_rows", "calibrate", "grad_runners", "repeat_call", "step_runner", "temp_bytes",
-           "time_interleaved", "torch_runner"]
+__all__ = ["Runner", "Settings", "as_rows", "calibrate", "grad_runners", "op_runners", "repeat_call", "step_runner",
+           "temp_bytes", "time_interleaved", "torch_runner"]
 
 Runner = Callable[[int], None]  # runner(k) runs k steps and waits for the result
 
@@ -141,6 +141,31 @@ def grad_runners(jax_step: Callable[[str], tuple[Runner, int | None]], torch_ste
     for grad in train.GRADS:
         runners[grad], temps[grad] = jax_step(grad)
     torch_run = torch_step() if with_torch else None
+    if torch_run is not None:
+        runners["torch"], temps["torch"] = torch_run, None
+    return runners, temps
+
+
+def op_runners(step: Callable[[str], Callable], host: tuple, torch_step: Callable[..., Runner | None],
+               with_torch: bool) -> tuple[dict[str, Runner], dict[str, int | None]]:
+    """The runners of one op's forward + backward, and their XLA temp bytes, by implementation.
+
+    Args:
+        step: ``step(impl)`` for ``"manual"`` and ``"reference"``: the function to jit, called on ``host``.
+        host: the inputs (NumPy), put on the device once.
+        torch_step: ``torch_step(*host)``: the PyTorch runner (None when torch is not installed).
+        with_torch: whether to add the PyTorch runner.
+
+    Returns:
+        ``(runners, temps)``: ``manual``, ``reference``, then ``torch`` (temp bytes None).
+    """
+    args = tuple(jax.device_put(a) for a in host)
+    runners: dict[str, Runner] = {}
+    temps: dict[str, int | None] = {}
+    for impl in ("manual", "reference"):
+        compiled = jax.jit(step(impl)).lower(*args).compile()
+        runners[impl], temps[impl] = repeat_call(compiled, *args), temp_bytes(compiled)
+    torch_run = torch_step(*host) if with_torch else None
     if torch_run is not None:
         runners["torch"], temps["torch"] = torch_run, None
     return runners, temps

@@ -32,7 +32,7 @@ from manualgrad.data.source import (
     resolve_data_dir,
 )
 
-__all__ = ["Shakespeare", "load_shakespeare", "load_text", "text_windows", "windows", "encode", "decode", "FILE", "URL", "TRAIN_FRACTION", "CHUNK"]
+__all__ = ["Shakespeare", "load_shakespeare", "load_text", "text_windows", "check_context", "windows", "encode", "decode", "FILE", "URL", "TRAIN_FRACTION", "CHUNK"]
 
 FILE = "shakespeare.txt"
 URL = "https://www.gutenberg.org/cache/epub/100/pg100.txt"  # The Complete Works of William Shakespeare

@@ -190,17 +190,10 @@ def sequence_backward(cell: Cell, res: tuple, hs_bar: Any, last_bar: tuple, reve
     carry0 = tuple(jnp.zeros(s.shape[::2], dtype) if a is None else a.astype(dtype) for a, s in zip(last_bar, before))
     hs_bar = None if hs_bar is None else hs_bar.astype(dtype)
 
-    def block_grads(start, size):
-        """The block's input projection ``x @ wx``, recomputed, and the projections' gradients of
-        the block from its ``ax_bar`` (and ``ah_bar``)."""
-        x_block = _window(x, start, size)
-        return x_block @ wx, lambda ax_bar, ah_bar: projection_grads(
-            x_block, _window(before[0], start, size), wx, ax_bar, ah_bar)
-
     def block(start, size, carry):
         after_bar, x_bar, sums = carry
-        xw, grads = block_grads(start, size)
-        xw = xw.astype(dtype)
+        x_block = _window(x, start, size)
+        xw = (x_block @ wx).astype(dtype)  # recomputed, not kept: overwritten step by step by ax_bar
 
         def step(local, t, carry):
             after_bar, ax_bar_all, ah_bar_all = carry  # ax_bar_all: the block's x @ wx, overwritten step by step
@@ -217,12 +210,15 @@ def sequence_backward(cell: Cell, res: tuple, hs_bar: Any, last_bar: tuple, reve
 
         ah_bar_all = jnp.zeros_like(xw) if cell.distinct_ah_bar else None
         after_bar, ax_bar, ah_bar_all = _steps(start, size, not reverse, step, (after_bar, xw, ah_bar_all))
-        x_bar_block, *weight_grads = grads(ax_bar, ah_bar_all)
+        x_bar_block, *weight_grads = projection_grads(x_block, _window(before[0], start, size), wx, ax_bar, ah_bar_all)
         x_bar = lax.dynamic_update_slice_in_dim(x_bar, x_bar_block.astype(x_bar.dtype), start, axis=1)
         return after_bar, x_bar, tuple(a + b for a, b in zip(sums, weight_grads))
 
     # the gradients' shapes and dtypes, for the accumulators: those of a one-step block
-    proto = jax.eval_shape(lambda: block_grads(0, 1)[1](*(2 * (jnp.zeros((x.shape[0], 1, wx.shape[1]), dtype),))))
+    one_step = lambda width, dt: jax.ShapeDtypeStruct((x.shape[0], 1, width), dt)
+    ax_bar = one_step(wx.shape[1], dtype)
+    proto = jax.eval_shape(projection_grads, one_step(x.shape[2], x.dtype), one_step(wh.shape[0], before[0].dtype), wx,
+                           ax_bar, ax_bar)
     x_bar0 = jnp.zeros(x.shape, proto[0].dtype)
     sums0 = tuple(jnp.zeros(p.shape, p.dtype) for p in proto[1:])
     state0_bar, x_bar, (wx_bar, bx_bar, wh_bar, bh_bar) = _blocks(steps, not reverse, block, (carry0, x_bar0, sums0))
