@@ -90,7 +90,7 @@ TRANSFORMER = LanguageModel(
 LSTM = LanguageModel(
     name="lstm",
     summary="character-level LSTM (char-rnn)",
-    defaults={"context": 128, "width": 512, "depth": 1, "heads": None, "epochs": 2, "batch_size": 32, "lr": 3e-3,
+    defaults={"context": 128, "width": 256, "depth": 1, "heads": None, "epochs": 2, "batch_size": 32, "lr": 3e-3,
               "warmup_steps": 100, "weight_decay": 0.1, "max_norm": 1.0},
     build=lambda args, vocab: harness.Net(nn.LSTMLM(vocab, args.width, args.depth, args.dropout),
                                           losses.softmax_cross_entropy),

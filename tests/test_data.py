@@ -198,16 +198,6 @@ def test_tensorflow_is_never_imported(tmp_path):
 
 
 # -- the real files (../shared/data or $MANUALGRAD_DATA_DIR) ---------------------------
-MNIST_TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-
-
-def test_real_mnist(shared_data, no_network):
-    ds = data.load("mnist", shared_data)
-    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
-    assert np.bincount(ds.y_train, minlength=10).tolist() == MNIST_TRAIN_LABEL_COUNTS
-    assert ds.x_train.max() == 255 and ds.x_train.min() == 0
-
-
 def test_real_california_housing(shared_data, no_network):
     ds = data.load("california_housing", shared_data)
     assert ds.x_train.shape == (16512, 8) and ds.x_test.shape == (4128, 8)

@@ -46,7 +46,7 @@ def test_cotangents_have_the_primal_dtype(name, primal, wide, x64):
     op = REGISTRY[name].op
     rtol = TOLERANCES[jnp.dtype(primal)][0] * 10
     with jax.enable_x64(x64):
-        for ex in REGISTRY[name].examples(np.random.default_rng(0)):
+        for ex in REGISTRY[name].examples(np.random.default_rng(0))[:1]:  # the dtype rule, not the example's case
             args = mixed(op, ex, primal, wide)
             y = jax.eval_shape(lambda *a: op(*a, **ex.params), *args)
             rng = np.random.default_rng(1)
@@ -129,8 +129,11 @@ def problem(param_dtype, target_dtype, two_heads=False):
     return model, loss, params, x, y
 
 
-@pytest.mark.parametrize("two_heads", [False, True], ids=["mlp", "two-heads"])
-@pytest.mark.parametrize("param_dtype, target_dtype, x64", [(jnp.float32, jnp.float64, True), (jnp.bfloat16, jnp.float32, False)])
+@pytest.mark.parametrize(
+    "param_dtype, target_dtype, x64, two_heads",
+    [(jnp.float32, jnp.float64, True, False), (jnp.bfloat16, jnp.float32, False, False), (jnp.float32, jnp.float64, True, True)],
+    ids=["mlp-float32", "mlp-bfloat16", "two-heads-float32"],
+)
 @pytest.mark.parametrize("grad", train.GRADS)
 def test_training_keeps_the_params_dtype(grad, param_dtype, target_dtype, x64, two_heads):
     """The issue's report: float32 params with float64 targets made manual/explicit gradients

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import common, harness
+from manualgrad import data
 from tests.conftest import ROOT
 from tests.tiny_data import tiny_cal_housing, tiny_mnist
 
@@ -170,11 +172,20 @@ def test_missing_data_and_bad_flags_get_clear_errors(tmp_path):
     assert out.returncode == 2 and "--lr must be > 0" in out.stderr
 
 
-def test_mnist_on_the_real_files(shared_data, tmp_path):
+MNIST_TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+def test_mnist_on_the_real_files(shared_data, tmp_path, monkeypatch):
     run("experiments.mnist", "--data-dir", shared_data, "--epochs", 1, "--limit", 6000, "--out", tmp_path, "--no-progress")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["config"]["train_examples"] == 6000 and metrics["config"]["test_examples"] == 10000
     assert metrics["test"]["accuracy"] > 0.85
+    # the files as prepared by that run (the same cache folder): loaded again without the network
+    monkeypatch.setattr(socket.socket, "connect", lambda *a, **k: pytest.fail("the network was used"))
+    ds = data.load("mnist", shared_data)
+    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+    assert np.bincount(ds.y_train, minlength=10).tolist() == MNIST_TRAIN_LABEL_COUNTS
+    assert ds.x_train.max() == 255 and ds.x_train.min() == 0
 
 
 @needs_torch

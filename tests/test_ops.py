@@ -2,6 +2,11 @@
 
 The registry is filled by ``defop(examples=...)`` and ``register``; an op that exists in
 ``manualgrad.ops`` or ``manualgrad.losses`` but is missing here fails ``test_every_op_is_registered``.
+
+Every example of every op (its shapes, parameters and edge cases) is held to ``jax.vjp`` of the
+reference in float64 under ``jit``, the first one eagerly too. The other checks (float32,
+``vmap``, finite differences, second order) test the rule, not the example's case: they run on
+the op's first example, which keeps the suite's compile time in bounds.
 """
 
 import inspect
@@ -49,27 +54,24 @@ def test_vjp_float64_eager_and_jit(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_vjp_float32(name):
     op = REGISTRY[name].op
-    for n, ex in enumerate(examples(name)):
-        args = cast(ex.args, jnp.float32)
-        report = check_vjp(op, *args, seed=n, jit=n > 0, **ex.params).assert_ok()
-        assert report.dtype == "float32"
+    ex = examples(name)[0]
+    report = check_vjp(op, *cast(ex.args, jnp.float32), jit=True, **ex.params).assert_ok()
+    assert report.dtype == "float32"
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64])  # float32 is checked eagerly and under jit above
 @pytest.mark.parametrize("name", NAMES)
 def test_vjp_under_vmap(name, dtype):
     op = REGISTRY[name].op
-    batches = [examples(name, seed) for seed in range(3)]
-    for n in range(len(batches[0])):
-        stacked = stack_examples([b[n] for b in batches])
-        check_vjp(op, *cast(stacked.args, dtype), seed=n, jit=True, vmap=True, **stacked.params).assert_ok()
+    stacked = stack_examples([examples(name, seed)[0] for seed in range(3)])
+    check_vjp(op, *cast(stacked.args, dtype), jit=True, vmap=True, **stacked.params).assert_ok()
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if REGISTRY[n].op.smooth])
 def test_vjp_against_finite_differences(name):
     op = REGISTRY[name].op
-    for n, ex in enumerate(examples(name)[:2]):  # the other examples are held to jax.vjp of the reference
-        check_vjp(op, *cast(ex.args, jnp.float64), method="fd", seed=n, **ex.params).assert_ok()
+    ex = examples(name)[0]
+    check_vjp(op, *cast(ex.args, jnp.float64), method="fd", **ex.params).assert_ok()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -80,8 +82,8 @@ def test_second_order_matches_reference(name):
     them again; residuals such as sigmoid's output carry the dependence on the input.
     """
     op = REGISTRY[name].op
-    for n, ex in enumerate(examples(name)):
-        check_hvp(op, *cast(ex.args, jnp.float64), seed=n, **ex.params).assert_ok()
+    ex = examples(name)[0]
+    check_hvp(op, *cast(ex.args, jnp.float64), **ex.params).assert_ok()
 
 
 def test_first_order_only_ops_are_marked():

@@ -149,15 +149,24 @@ def assert_close(what, got, want, rtol=RTOL):
 
 
 def twin_errors(op, twin, ex, rng):
-    """Compare op (call, fwd, reference) and its VJP with ``twin`` on one example."""
+    """Compare op (call, fwd, reference) and its VJP with ``twin`` on one example (one compiled
+    program: eager dispatch would compile every small op of both sides separately)."""
     args = cast(ex.args, jnp.float64)
-    want, twin_pullback = jax.vjp(lambda *a: twin(*a, **ex.params), *args)
-    assert_close(f"{op.name} forward (custom_vjp call)", op(*args, **ex.params), want)
-    assert_close(f"{op.name} forward (fwd)", op.fwd(*args, **ex.params)[0], want)
-    assert_close(f"{op.name} forward (reference)", op.reference(*args, **ex.params), want)
-    g = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=np.shape(a))), want)
-    _, pullback = jax.vjp(lambda *a: op(*a, **ex.params), *args)
-    for name, got, expected in zip(op.arg_names, pullback(g), twin_pullback(g)):
+    call = lambda f: lambda *a: f(*a, **ex.params)
+    out = jax.eval_shape(call(twin), *args)
+    g = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=a.shape)), out)
+
+    @jax.jit
+    def both(args, g):
+        want, twin_pullback = jax.vjp(call(twin), *args)
+        got, pullback = jax.vjp(call(op), *args)
+        forwards = {"custom_vjp call": got, "fwd": op.fwd(*args, **ex.params)[0], "reference": call(op.reference)(*args)}
+        return want, forwards, pullback(g), twin_pullback(g)
+
+    want, forwards, got_bars, want_bars = both(args, g)
+    for which, y in forwards.items():
+        assert_close(f"{op.name} forward ({which})", y, want)
+    for name, got, expected in zip(op.arg_names, got_bars, want_bars):
         if name not in op.constant:
             assert_close(f"{op.name} {name}_bar", got, expected)
 
@@ -194,11 +203,13 @@ def test_op_equals_torch_autograd(name):
             for leaf in jax.tree_util.tree_leaves(a, is_leaf=lambda v: isinstance(v, torch.Tensor)):
                 leaf.requires_grad_(d and leaf.is_floating_point())
         y = twin(*t_args, **ex.params)
-        assert_close(f"{name} forward vs torch", op(*args, **ex.params), y.detach().numpy())
         g = rng.normal(size=tuple(y.shape))
         y.backward(torch.tensor(g))
-        _, pullback = jax.vjp(lambda *a: op(*a, **ex.params), *args)
-        for n, d, got, t in zip(op.arg_names, diff, pullback(jnp.asarray(g)), t_args):
+        # the op's value and VJP as one compiled program (eagerly, each small op compiles on its own)
+        value, got_bars = jax.jit(lambda a, g: (lambda y, pullback: (y, pullback(g)))(
+            *jax.vjp(lambda *a: op(*a, **ex.params), *a)))(args, jnp.asarray(g))
+        assert_close(f"{name} forward vs torch", value, y.detach().numpy())
+        for n, d, got, t in zip(op.arg_names, diff, got_bars, t_args):
             if d:
                 leaves = jax.tree_util.tree_leaves(t, is_leaf=lambda v: isinstance(v, torch.Tensor))
                 assert_close(f"{name} {n}_bar vs torch", got, [leaf.grad.numpy() for leaf in leaves] if isinstance(got, tuple) else leaves[0].grad.numpy())

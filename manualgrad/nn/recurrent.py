@@ -224,7 +224,7 @@ def DropLengths() -> Layer:
     return stateless("DropLengths", init, apply, fwd, bwd)
 
 
-def LSTMLM(vocab_size: int, width: int = 512, depth: int = 1, dropout: float = 0.0) -> Layer:
+def LSTMLM(vocab_size: int, width: int = 256, depth: int = 1, dropout: float = 0.0) -> Layer:
     """A recurrent language model on token ids ``(batch, T)`` (Karpathy's char-rnn): an
     :func:`~manualgrad.nn.Embedding` of width ``width``, ``depth`` :func:`LSTM` layers of ``width``
     units and a ``Linear`` output layer, giving logits ``(batch, T, vocab_size)`` whose position
