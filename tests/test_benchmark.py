@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import common
-from experiments.benchmark import cli, configs, layers, report, steps, targets
+from experiments.benchmark import cli, configs, layers, report, steps, targets, transformer_layers
 from experiments.benchmark.configs import Config
 
 
@@ -143,3 +143,24 @@ def test_the_report_has_a_row_per_cnn_layer():
     text = report.markdown(result, "cmd")
     assert "| conv1 3x3 1->32 28x28 | 128 | manual | 1.000 | 1.0 | 0.50 | 10 |" in text
     assert "| pool2 2x2 14x14x64 | 128 | reference | 2.000 | – | 1.00 | 10 |" in text
+
+
+@pytest.mark.parametrize("layer", transformer_layers.LAYERS, ids=lambda layer: layer.name.split()[0])
+def test_every_transformer_layer_row_times_the_same_computation_three_ways(layer):
+    # manual, reference and PyTorch, on small float64 inputs: the value and every cotangent
+    host = tuple(a.astype(np.float64) if a.dtype == np.float32 else a for a in transformer_layers.layer_inputs(layer, 2, 8))
+    diff = transformer_layers._differentiated(host)
+    step = transformer_layers.layer_step(layer, diff)
+    (y, bars), (y_ref, bars_ref) = (jax.jit(step(impl))(*host) for impl in ("manual", "reference"))
+    assert len(bars) == len(diff)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12)
+    for a, b in zip(bars, bars_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    torch = pytest.importorskip("torch")
+    *args, g = host
+    tensors = [torch.tensor(a, requires_grad=i in diff) for i, a in enumerate(args)]
+    out = layer.torch_forward(*tensors)
+    out.backward(torch.tensor(g))
+    np.testing.assert_allclose(out.detach().numpy(), y, rtol=1e-10, atol=1e-12)
+    for i, b in zip(diff, bars):
+        np.testing.assert_allclose(tensors[i].grad.numpy(), b, rtol=1e-9, atol=1e-12)

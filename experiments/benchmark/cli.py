@@ -15,7 +15,9 @@ import sys
 from typing import Any, Callable, Sequence
 
 from experiments import common
-from experiments.benchmark import configs, epochs, layers, lmhead, machine, recurrent, report, sequence, steps
+from experiments.benchmark import (
+    configs, epochs, layers, lmhead, machine, recurrent, report, sequence, steps, transformer_layers,
+)
 from experiments.benchmark.timing import Settings
 from experiments.flags import HelpFormatter
 from manualgrad import malloc
@@ -55,6 +57,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("sequence", "rows", sequence.ATTENTION_T, (256,), lambda t: f"attention T={t}", sequence.attention_rows),
     Family("sequence", "rows", sequence.TRANSFORMER_T, (), lambda t: f"transformer train step T={t}",
            sequence.transformer_rows),
+    Family("sequence", "rows", (transformer_layers.T,), (), lambda t: f"transformer layers T={t}",
+           transformer_layers.transformer_layer_rows),
     Family("recurrent", "rows", recurrent.LSTM_T, (32,), lambda t: f"LSTM forward + backward T={t}", recurrent.lstm_rows),
     Family("lmhead", "rows", lmhead.VOCABS, (), lambda v: f"output layer + cross-entropy V={v}", lmhead.lmhead_rows),
     Family("mlp", "epochs", ((128, epochs.EPOCH_EXAMPLES), (1024, epochs.EPOCH_EXAMPLES)), ((1024, 4096),),

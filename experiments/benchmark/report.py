@@ -46,8 +46,10 @@ def table(header: Sequence[str], align: str, rows: Iterable[Sequence[Any]]) -> l
 def step_table(result: dict) -> list[str]:
     """The train-step (and attention) rows with their ratios to manual."""
     peak, r = result["gemm_peak_gflops"], ratios(result)
-    rows = [(row["model"], row["batch"], row["impl"], f"{row['step_ms']:.3f}", f"{row['gflops']:.1f}",
-             f"{100 * row['gflops'] / peak:.0f}%", f"{r[(row['model'], row['batch'])][row['impl']]:.2f}",
+    rows = [(row["model"], row["batch"], row["impl"], f"{row['step_ms']:.3f}",
+             "–" if row["gflops"] is None else f"{row['gflops']:.1f}",
+             "–" if row["gflops"] is None else f"{100 * row['gflops'] / peak:.0f}%",
+             f"{r[(row['model'], row['batch'])][row['impl']]:.2f}",
              "–" if row["temp_bytes"] is None else f"{row['temp_bytes']:,}") for row in result["rows"]]
     return [
         "",
