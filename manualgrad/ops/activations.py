@@ -13,7 +13,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import erf, erfc
+from jax.scipy.special import erf
 
 from manualgrad.core import Example, defop
 
@@ -221,8 +221,10 @@ def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
     ``dy/dx = (1 + tanh u) / 2 + x (1 - tanh(u)**2) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x**2)``.
 
     ``x_bar = g * dy/dx``. Residual: ``x``. The forward writes ``Phi`` as
-    ``erfc(-x / sqrt 2) / 2`` (accurate for very negative ``x``) and ``(1 + tanh u) / 2`` as
-    ``sigmoid(2u)``; both are pinned to ``jax.nn.gelu`` and PyTorch's GELU by the tests.
+    ``1/2 + erf(x / sqrt 2) / 2``, as PyTorch does (``erfc(-x / sqrt 2) / 2`` is more accurate
+    where ``Phi`` is tiny, but XLA:CPU evaluates ``erfc`` 2.6x slower than ``erf``, and ``y`` and
+    ``x_bar`` are both tiny there), and ``(1 + tanh u) / 2`` as ``sigmoid(2u)``; both are pinned
+    to ``jax.nn.gelu`` and PyTorch's GELU by the tests.
     """
     if approximate:
         u = _SQRT_2_OVER_PI * (x + 0.044715 * x**3)
@@ -234,7 +236,7 @@ def _gelu_gate(x: jax.Array, approximate: bool) -> jax.Array:
     """``Phi(x)``, or its tanh approximation ``(1 + tanh u) / 2 = sigmoid(2u)``."""
     if approximate:
         return jax.nn.sigmoid(2.0 * _SQRT_2_OVER_PI * (x + 0.044715 * x**3))
-    return 0.5 * erfc(-x / math.sqrt(2.0))
+    return 0.5 + 0.5 * erf(x * (1.0 / math.sqrt(2.0)))
 
 
 def gelu_fwd(x: jax.Array, approximate: bool = False) -> tuple[jax.Array, jax.Array]:

@@ -66,7 +66,8 @@ def linear_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Arra
     x, w = res
     lead = tuple(range(g.ndim - 1))
     x_bar = lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))
-    w_bar = lax.dot_general(x, g, ((lead, lead), ((), ())))
+    rows_x, rows_g = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    w_bar = lax.dot_general(rows_x, rows_g, (((0,), (0,)), ((), ())))
     b_bar = jnp.sum(g, axis=lead)
     return x_bar, w_bar, b_bar
 
