@@ -59,6 +59,8 @@ def _attention_examples(rng: np.random.Generator) -> list[Example]:
         Example(qkv((2,), 5, 4, 3, 2), {"block": 2}),  # 3 blocks, the last one padded
         # heads as a second leading axis, causal on top of a mask with a fully masked row
         Example((*qkv((1, 2), 5, 4, 3, 2), mask), {"causal": True, "scale": 0.7, "block": 3}),
+        # the same in one block (T_q <= block): no loop, the forward keeps the probabilities
+        Example((*qkv((1, 2), 5, 4, 3, 2), mask), {"causal": True, "scale": 0.7}),
     ]
 
 
@@ -75,11 +77,12 @@ def _unblocks(xb: jax.Array, t: int) -> jax.Array:
     return x.reshape(*x.shape[:-3], -1, x.shape[-1])[..., :t, :]
 
 
-def _allowed(mask_b: Any, i: jax.Array, block: int, t_k: int, causal: bool) -> Any:
-    """Which keys each query of block ``i`` attends: the mask's rows and, if causal, keys <= position."""
+def _allowed(mask_b: Any, i: Any, block: int, rows: int, t_k: int, causal: bool) -> Any:
+    """Which keys each of the ``rows`` queries of block ``i`` attends: the mask's rows and, if causal,
+    keys <= position."""
     if not causal:
         return mask_b
-    before = jnp.arange(t_k)[None, :] <= i * block + jnp.arange(block)[:, None]
+    before = jnp.arange(t_k)[None, :] <= i * block + jnp.arange(rows)[:, None]
     return before if mask_b is None else mask_b & before
 
 
@@ -128,7 +131,10 @@ def attention(
     exp(s_j - m))`` (``m`` the row max), and nothing of size T_q x T_k. The backward runs over
     blocks of ``block`` queries (``lax.scan``): it recomputes ``s`` for the block, ``p = exp(s - L)``
     exactly, and ``ds``; it adds the block's share to ``dk`` and ``dv`` (scan carries) and emits its
-    ``dq`` rows. Peak extra memory is O(block x T_k) per head instead of O(T_q x T_k). The forward
+    ``dq`` rows. Peak extra memory is O(block x T_k) per head instead of O(T_q x T_k). A sequence of
+    at most ``block`` queries is one block: no loop and no padding, and the forward keeps the
+    probabilities ``p`` (T_q x T_k per head, within the same bound), so the backward does not
+    recompute ``q k^T`` and its exponentials. The forward
     runs over the same blocks (each block's softmax needs all of T_k, so no online rescaling is
     needed across query blocks). A fully masked row has ``L = 0`` stored and every ``s = -inf``,
     so its ``p`` is 0 and so are its output and cotangents.
@@ -148,48 +154,65 @@ def attention(
     return jnp.einsum("...qk,...kd->...qd", e / jnp.where(total > 0, total, 1.0), v)
 
 
+def _block_fwd(q_b: jax.Array, k: jax.Array, v: jax.Array, allow: Any, c: float) -> tuple[jax.Array, ...]:
+    """One block of queries: its output rows, their log-sum-exp and probabilities (0 where masked;
+    a fully masked row gets ``L = 0`` and ``p = 0``)."""
+    s = _scores(q_b, k, allow, c)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    e = jnp.exp(s - m)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    attends = total > 0  # False for a fully masked row
+    safe = jnp.where(attends, total, 1.0)
+    o = jnp.einsum("...qk,...kd->...qd", e, v) / safe
+    return o, jnp.where(attends, m + jnp.log(safe), 0.0), e / safe
+
+
+def _block_bwd(p: jax.Array, q_b: jax.Array, k: jax.Array, v: jax.Array, g_b: jax.Array, d_b: jax.Array,
+               c: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One block's ``dq`` rows and its shares of ``dk`` and ``dv``, from its probabilities ``p``."""
+    dp = jnp.einsum("...qe,...ke->...qk", g_b, v)
+    ds = p * (dp - d_b)
+    dq_b = jnp.einsum("...qk,...kd->...qd", ds, k) * c
+    return dq_b, jnp.einsum("...qk,...qd->...kd", ds, q_b) * c, jnp.einsum("...qk,...qe->...ke", p, g_b)
+
+
 def attention_fwd(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: Any = None, causal: bool = False, scale: Any = None,
     block: int = 128,
 ) -> tuple[jax.Array, tuple]:
-    c, t_k = _scale(q, scale), k.shape[-2]
+    c, t_q, t_k = _scale(q, scale), q.shape[-2], k.shape[-2]
+    if t_q <= block:  # one block: no loop, no padding, and p (block x T_k per head) is kept
+        o, lse, p = _block_fwd(q, k, v, _allowed(mask, 0, block, t_q, t_k, causal), c)
+        return o, (q, k, v, mask, o, lse, p)
 
     def one_block(i, q_b, mask_b):
-        s = _scores(q_b, k, _allowed(mask_b, i, block, t_k, causal), c)
-        m = jnp.max(s, axis=-1, keepdims=True)
-        m = jnp.where(jnp.isfinite(m), m, 0.0)
-        e = jnp.exp(s - m)
-        total = jnp.sum(e, axis=-1, keepdims=True)
-        attends = total > 0  # False for a fully masked row
-        safe = jnp.where(attends, total, 1.0)
-        o = jnp.einsum("...qk,...kd->...qd", e, v) / safe
-        return o, jnp.where(attends, m + jnp.log(safe), 0.0)
+        o, lse, _ = _block_fwd(q_b, k, v, _allowed(mask_b, i, block, block, t_k, causal), c)
+        return o, lse
 
     q_b, mask_b = _blocks(q, block), _mask_blocks(mask, q, k, block)
     n = q_b.shape[0]
     o_b, lse_b = lax.map(lambda a: one_block(*a), (jnp.arange(n), q_b, mask_b))
-    o, lse = _unblocks(o_b, q.shape[-2]), _unblocks(lse_b, q.shape[-2])
-    return o, (q, k, v, mask, o, lse)
+    o, lse = _unblocks(o_b, t_q), _unblocks(lse_b, t_q)
+    return o, (q, k, v, mask, o, lse, None)
 
 
 def attention_bwd(
     res: tuple, g: jax.Array, causal: bool = False, scale: Any = None, block: int = 128
 ) -> tuple[jax.Array, jax.Array, jax.Array, None]:
-    q, k, v, mask, o, lse = res
+    q, k, v, mask, o, lse, p = res
     c, t_k = _scale(q, scale), k.shape[-2]
     big_d = jnp.sum(g * o, axis=-1, keepdims=True)  # D = rowsum(dO * O)
+    if p is not None:  # one block, its probabilities kept by the forward
+        return (*_block_bwd(p, q, k, v, g, big_d, c), None)
 
     def one_block(carry, a):
         dk, dv = carry
         i, q_b, g_b, lse_b, d_b, mask_b = a
-        s = _scores(q_b, k, _allowed(mask_b, i, block, t_k, causal), c)
-        p = jnp.exp(s - lse_b)  # the forward's probabilities, exactly; 0 where masked
-        dp = jnp.einsum("...qe,...ke->...qk", g_b, v)
-        ds = p * (dp - d_b)
-        dq_b = jnp.einsum("...qk,...kd->...qd", ds, k) * c
-        dk = dk + jnp.einsum("...qk,...qd->...kd", ds, q_b) * c
-        dv = dv + jnp.einsum("...qk,...qe->...ke", p, g_b)
-        return (dk, dv), dq_b
+        s = _scores(q_b, k, _allowed(mask_b, i, block, block, t_k, causal), c)
+        p_b = jnp.exp(s - lse_b)  # the forward's probabilities, exactly; 0 where masked
+        dq_b, dk_b, dv_b = _block_bwd(p_b, q_b, k, v, g_b, d_b, c)
+        return (dk + dk_b, dv + dv_b), dq_b
 
     xs = (_blocks(q, block), _blocks(g, block), _blocks(lse, block), _blocks(big_d, block),
           _mask_blocks(mask, q, k, block))
