@@ -23,6 +23,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from manualgrad.core import Example, defop
 from manualgrad.errors import describe, fail, same_dtype
@@ -134,6 +135,11 @@ def layer_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float = 1e-
 
     * ``x_bar = (rstd / C) (C h - sum(h) - xhat sum(h xhat))``;
     * ``gamma_bar = sum(g xhat)``, ``beta_bar = sum(g)``, over every leading axis.
+
+    The two sums along the channel axis are matrix-vector products with ``gamma``:
+    ``sum_c h = g @ gamma`` and ``sum_c h xhat = (g xhat) @ gamma``, so the backward never
+    forms ``h`` for a reduction and reuses ``g xhat`` for ``gamma_bar`` (on XLA:CPU this drops a
+    full-size broadcast of ``gamma`` and one pass over the activations).
     """
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
@@ -146,7 +152,15 @@ def layer_norm_fwd(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float =
 
 
 def layer_norm_bwd(res: tuple, g: jax.Array, eps: float = 1e-5) -> tuple[jax.Array, jax.Array, jax.Array]:
-    return _normalize_bwd(g, res, (-1,))
+    xhat, rstd, gamma = res
+    c = g.shape[-1]
+    g_xhat = g * xhat
+
+    def mean_h(a: jax.Array) -> jax.Array:  # mean over the channel axis of a * gamma, as a product
+        return lax.dot_general(a, gamma, (((a.ndim - 1,), (0,)), ((), ())), precision=lax.Precision.HIGHEST)[..., None] / c
+
+    x_bar = rstd * (g * gamma - mean_h(g) - xhat * mean_h(g_xhat))
+    return x_bar, jnp.sum(g_xhat.reshape(-1, c), axis=0), jnp.sum(g.reshape(-1, c), axis=0)
 
 
 layer_norm.defvjp(layer_norm_fwd, layer_norm_bwd)
