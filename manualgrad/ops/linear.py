@@ -52,24 +52,30 @@ def linear(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     * ``dL/db[j]    = sum_n g[n, j]``                   so  ``b_bar = g`` summed over leading axes,
       the transpose of broadcasting ``b`` to every row.
 
-    Residuals: ``x`` and ``w`` (``b`` is not needed). The backward issues the two GEMMs
-    as ``dot_general`` contractions, so no transposed copy of ``x``, ``w`` or ``g`` is made.
+    Residuals: ``x`` and ``w`` (``b`` is not needed). Forward and backward work on the rows
+    of ``x`` and ``g`` (every leading axis merged, a free reshape), so every product is a 2-D
+    ``dot_general`` contraction that the GEMM reads in place: no transposed copy of ``x``,
+    ``w`` or ``g`` is made (a contraction over several leading axes made XLA:CPU transpose the
+    residual, and fuse its producer into that strided copy).
     """
     return x @ w + b
 
 
+def _rows(a: jax.Array) -> jax.Array:
+    """``a`` as a matrix of rows, ``(n, features)``: a free reshape of the contiguous array."""
+    return a.reshape(-1, a.shape[-1])
+
+
 def linear_fwd(x: jax.Array, w: jax.Array, b: jax.Array) -> tuple[jax.Array, tuple]:
-    return x @ w + b, (x, w)
+    return (_rows(x) @ w + b).reshape(*x.shape[:-1], w.shape[1]), (x, w)
 
 
 def linear_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     x, w = res
-    lead = tuple(range(g.ndim - 1))
-    x_bar = lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))
-    rows_x, rows_g = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-    w_bar = lax.dot_general(rows_x, rows_g, (((0,), (0,)), ((), ())))
-    b_bar = jnp.sum(g, axis=lead)
-    return x_bar, w_bar, b_bar
+    rows_g = _rows(g)
+    x_bar = lax.dot_general(rows_g, w, (((1,), (1,)), ((), ()))).reshape(x.shape)
+    w_bar = lax.dot_general(_rows(x), rows_g, (((0,), (0,)), ((), ())))
+    return x_bar, w_bar, jnp.sum(rows_g, axis=0)
 
 
 linear.defvjp(linear_fwd, linear_bwd)
