@@ -56,11 +56,13 @@ def _attention_examples(rng: np.random.Generator) -> list[Example]:
     mask[1] = False
     mask[3, :2] = False
     return [
-        Example(qkv((2,), 5, 4, 3, 2), {"block": 2}),  # 3 blocks, the last one padded
-        # heads as a second leading axis, causal on top of a mask with a fully masked row
+        Example(qkv((2,), 5, 4, 3, 2), {"block": 2}),  # 3 blocks: the loop, the last block padded
+        # 2 blocks, unrolled; heads as a second leading axis, causal on top of a mask with a fully masked row
         Example((*qkv((1, 2), 5, 4, 3, 2), mask), {"causal": True, "scale": 0.7, "block": 3}),
         # the same in one block (T_q <= block): no loop, the forward keeps the probabilities
         Example((*qkv((1, 2), 5, 4, 3, 2), mask), {"causal": True, "scale": 0.7}),
+        # the loop over equal blocks (more than UNROLL), causal with T_q > T_k
+        Example(qkv((2,), 4, 3, 3, 2), {"causal": True, "block": 1}),
     ]
 
 
@@ -77,13 +79,19 @@ def _unblocks(xb: jax.Array, t: int) -> jax.Array:
     return x.reshape(*x.shape[:-3], -1, x.shape[-1])[..., :t, :]
 
 
-def _allowed(mask_b: Any, i: Any, block: int, rows: int, t_k: int, causal: bool) -> Any:
-    """Which keys each of the ``rows`` queries of block ``i`` attends: the mask's rows and, if causal,
-    keys <= position."""
+def _allowed(mask_b: Any, start: Any, rows: int, t_k: int, causal: bool) -> Any:
+    """Which of ``t_k`` keys each of the ``rows`` queries from position ``start`` on attends: the
+    mask's rows and, if causal, keys <= position."""
     if not causal:
         return mask_b
-    before = jnp.arange(t_k)[None, :] <= i * block + jnp.arange(rows)[:, None]
+    before = jnp.arange(t_k)[None, :] <= start + jnp.arange(rows)[:, None]
     return before if mask_b is None else mask_b & before
+
+
+def _spans(t_q: int, t_k: int, block: int, causal: bool) -> list[tuple[int, int, int]]:
+    """The unrolled path's blocks: ``(start, stop, keys)`` per block of queries, ``keys`` the
+    number of leading keys the block can attend (causal: none past its last query)."""
+    return [(a, min(a + block, t_q), min(a + block, t_k) if causal else t_k) for a in range(0, t_q, block)]
 
 
 def _scores(q_b: jax.Array, k: jax.Array, allow: Any, scale: float) -> jax.Array:
@@ -134,7 +142,8 @@ def attention(
     ``dq`` rows. Peak extra memory is O(block x T_k) per head instead of O(T_q x T_k). A sequence of
     at most ``block`` queries is one block: no loop and no padding, and the forward keeps the
     probabilities ``p`` (T_q x T_k per head, within the same bound), so the backward does not
-    recompute ``q k^T`` and its exponentials. The forward
+    recompute ``q k^T`` and its exponentials; up to :data:`UNROLL` blocks run without a loop, and
+    causal blocks skip the keys after them. The forward
     runs over the same blocks (each block's softmax needs all of T_k, so no online rescaling is
     needed across query blocks). A fully masked row has ``L = 0`` stored and every ``s = -inf``,
     so its ``p`` is 0 and so are its output and cotangents.
@@ -177,22 +186,39 @@ def _block_bwd(p: jax.Array, q_b: jax.Array, k: jax.Array, v: jax.Array, g_b: ja
     return dq_b, jnp.einsum("...qk,...qd->...kd", ds, q_b) * c, jnp.einsum("...qk,...qe->...ke", p, g_b)
 
 
+UNROLL = 2
+"""At most this many blocks of queries run unrolled: no loop, and a causal block skips the keys
+after its last query (at T = 2 x block, a quarter of the products). XLA may then hold every
+block's scores at once (measured at 4 blocks: twice a T x T matrix, the reference's peak), so
+more blocks run as a loop over equal blocks (``lax.map`` forward, ``lax.scan`` backward), which
+holds one block's."""
+
+
+def _full_mask(mask: Any, q: jax.Array, k: jax.Array) -> Any:
+    return None if mask is None else jnp.broadcast_to(mask, (*q.shape[:-1], k.shape[-2]))
+
+
 def attention_fwd(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: Any = None, causal: bool = False, scale: Any = None,
     block: int = 128,
 ) -> tuple[jax.Array, tuple]:
     c, t_q, t_k = _scale(q, scale), q.shape[-2], k.shape[-2]
-    if t_q <= block:  # one block: no loop, no padding, and p (block x T_k per head) is kept
-        o, lse, p = _block_fwd(q, k, v, _allowed(mask, 0, block, t_q, t_k, causal), c)
+    spans = _spans(t_q, t_k, block, causal)
+    if len(spans) <= UNROLL:
+        full = _full_mask(mask, q, k)
+        outs = [_block_fwd(q[..., a:b, :], k[..., :n, :], v[..., :n, :],
+                           _allowed(None if full is None else full[..., a:b, :n], a, b - a, n, causal), c)
+                for a, b, n in spans]
+        o, lse = (jnp.concatenate(parts, axis=-2) for parts in list(zip(*outs))[:2])
+        p = outs[0][2] if len(spans) == 1 else None  # one block: keep p (block x T_k per head)
         return o, (q, k, v, mask, o, lse, p)
 
     def one_block(i, q_b, mask_b):
-        o, lse, _ = _block_fwd(q_b, k, v, _allowed(mask_b, i, block, block, t_k, causal), c)
+        o, lse, _ = _block_fwd(q_b, k, v, _allowed(mask_b, i * block, block, t_k, causal), c)
         return o, lse
 
     q_b, mask_b = _blocks(q, block), _mask_blocks(mask, q, k, block)
-    n = q_b.shape[0]
-    o_b, lse_b = lax.map(lambda a: one_block(*a), (jnp.arange(n), q_b, mask_b))
+    o_b, lse_b = lax.map(lambda a: one_block(*a), (jnp.arange(q_b.shape[0]), q_b, mask_b))
     o, lse = _unblocks(o_b, t_q), _unblocks(lse_b, t_q)
     return o, (q, k, v, mask, o, lse, None)
 
@@ -201,25 +227,37 @@ def attention_bwd(
     res: tuple, g: jax.Array, causal: bool = False, scale: Any = None, block: int = 128
 ) -> tuple[jax.Array, jax.Array, jax.Array, None]:
     q, k, v, mask, o, lse, p = res
-    c, t_k = _scale(q, scale), k.shape[-2]
+    c, t_q, t_k = _scale(q, scale), q.shape[-2], k.shape[-2]
     big_d = jnp.sum(g * o, axis=-1, keepdims=True)  # D = rowsum(dO * O)
-    if p is not None:  # one block, its probabilities kept by the forward
-        return (*_block_bwd(p, q, k, v, g, big_d, c), None)
+    dk = jnp.zeros(k.shape, jnp.result_type(q, k, g))
+    dv = jnp.zeros(v.shape, jnp.result_type(v, g))
+    spans = _spans(t_q, t_k, block, causal)
+    if len(spans) <= UNROLL:
+        full, dq = _full_mask(mask, q, k), []
+        for a, b, n in spans:
+            k_n, v_n = k[..., :n, :], v[..., :n, :]
+            if p is None:  # recompute the block's probabilities, exactly the forward's; 0 where masked
+                allow = _allowed(None if full is None else full[..., a:b, :n], a, b - a, n, causal)
+                p_b = jnp.exp(_scores(q[..., a:b, :], k_n, allow, c) - lse[..., a:b, :])
+            else:
+                p_b = p
+            dq_b, dk_b, dv_b = _block_bwd(p_b, q[..., a:b, :], k_n, v_n, g[..., a:b, :], big_d[..., a:b, :], c)
+            dq.append(dq_b)
+            dk, dv = dk.at[..., :n, :].add(dk_b), dv.at[..., :n, :].add(dv_b)
+        return jnp.concatenate(dq, axis=-2), dk, dv, None
 
     def one_block(carry, a):
         dk, dv = carry
         i, q_b, g_b, lse_b, d_b, mask_b = a
-        s = _scores(q_b, k, _allowed(mask_b, i, block, block, t_k, causal), c)
+        s = _scores(q_b, k, _allowed(mask_b, i * block, block, t_k, causal), c)
         p_b = jnp.exp(s - lse_b)  # the forward's probabilities, exactly; 0 where masked
         dq_b, dk_b, dv_b = _block_bwd(p_b, q_b, k, v, g_b, d_b, c)
         return (dk + dk_b, dv + dv_b), dq_b
 
     xs = (_blocks(q, block), _blocks(g, block), _blocks(lse, block), _blocks(big_d, block),
           _mask_blocks(mask, q, k, block))
-    n = xs[0].shape[0]
-    init = (jnp.zeros(k.shape, jnp.result_type(q, k, g)), jnp.zeros(v.shape, jnp.result_type(v, g)))
-    (dk, dv), dq_b = lax.scan(one_block, init, (jnp.arange(n), *xs))
-    return _unblocks(dq_b, q.shape[-2]), dk, dv, None
+    (dk, dv), dq_b = lax.scan(one_block, (dk, dv), (jnp.arange(xs[0].shape[0]), *xs))
+    return _unblocks(dq_b, t_q), dk, dv, None
 
 
 attention.defvjp(attention_fwd, attention_bwd)
