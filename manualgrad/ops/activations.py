@@ -1,8 +1,13 @@
-"""Elementwise activations, each a reference, a forward with residuals and a backward.
+r"""Elementwise activations, each a reference, a forward with residuals and a backward.
 
-For an elementwise ``y = f(x)`` the Jacobian is diagonal, so the VJP is the
-elementwise product ``x_bar = g * f'(x)``; each op below only has to say what
-``f'`` is and which residual it needs to evaluate it.
+For an elementwise $y = f(x)$ the Jacobian is diagonal, so the VJP is the elementwise
+product
+
+$$
+\bar{x} = g \odot f'(x);
+$$
+
+each op below only has to say what $f'$ is and which residual it needs to evaluate it.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def _elementwise_examples(
 # -- identity ------------------------------------------------------------------
 @defop(examples=_elementwise_examples())
 def identity(x: jax.Array) -> jax.Array:
-    """``y = x``. ``dy/dx = 1``, so ``x_bar = g``. No residuals."""
+    r"""$y = x$. $dy/dx = 1$, so $\bar{x} = g$. No residuals."""
     return x
 
 
@@ -61,12 +66,17 @@ identity.defvjp(identity_fwd, identity_bwd)
 # -- relu ----------------------------------------------------------------------
 @defop(examples=_elementwise_examples(kinks=True), smooth=False)
 def relu(x: jax.Array) -> jax.Array:
-    """``y = max(x, 0)``.
+    r"""$y = \max(x, 0)$.
 
-    ``dy/dx = 1`` where ``x > 0`` and ``0`` elsewhere, including at ``x = 0`` (the
-    PyTorch and ``jax.nn.relu`` convention), so ``x_bar = g * [x > 0]``. A NaN input gives a
-    NaN output (as in PyTorch and ``jax.nn.relu``), so NaNs are never silently zeroed: the
-    mask is ``not (x <= 0)``, true for positive and NaN inputs.
+    $dy/dx = 1$ where $x > 0$ and $0$ elsewhere, including at $x = 0$ (the PyTorch and
+    ``jax.nn.relu`` convention), so
+
+    $$
+    \bar{x} = g \odot \mathbb{1}[x > 0].
+    $$
+
+    A NaN input gives a NaN output (as in PyTorch and ``jax.nn.relu``), so NaNs are never
+    silently zeroed: the mask is ``not (x <= 0)``, true for positive and NaN inputs.
     Residual: that boolean mask (one byte per element, no float copy).
     """
     return jnp.where(x <= 0, 0.0, x)
@@ -87,10 +97,15 @@ relu.defvjp(relu_fwd, relu_bwd)
 # -- leaky_relu ----------------------------------------------------------------
 @defop(static=("negative_slope",), examples=_elementwise_examples(kinks=True, negative_slope=0.1), smooth=False)
 def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
-    """``y = x`` where ``x > 0``, else ``negative_slope * x``.
+    r"""$y = x$ where $x > 0$, else $a x$ with $a$ = ``negative_slope``.
 
-    ``dy/dx = 1`` where ``x > 0`` and ``negative_slope`` elsewhere (also at 0, as in
-    PyTorch), so ``x_bar = where(x > 0, g, negative_slope * g)``. Residual: the mask.
+    $dy/dx = 1$ where $x > 0$ and $a$ elsewhere (also at 0, as in PyTorch), so
+
+    $$
+    \bar{x} = g \odot \left(\mathbb{1}[x > 0] + a\, \mathbb{1}[x \le 0]\right).
+    $$
+
+    Residual: the mask.
     """
     return jnp.where(x > 0, x, negative_slope * x)
 
@@ -110,11 +125,17 @@ leaky_relu.defvjp(leaky_relu_fwd, leaky_relu_bwd)
 # -- scaled_relu ---------------------------------------------------------------
 @defop(static=("scale",), examples=_elementwise_examples(kinks=True, scale=3.0), smooth=False)
 def scaled_relu(x: jax.Array, scale: float) -> jax.Array:
-    """``y = scale * max(x, 0)``; seed 003's "3ReLU" is ``scale=3``.
+    r"""$y = s \max(x, 0)$ with $s$ = ``scale``; seed 003's "3ReLU" is ``scale=3``.
 
-    ``dy/dx = scale`` where ``x > 0`` and ``0`` elsewhere: the Jacobian is the diagonal
-    matrix with ``scale`` where the input is positive. ``x_bar = where(x > 0, scale * g, 0)``.
-    Residual: the mask ``not (x <= 0)`` (NaN propagates, as in :func:`relu`).
+    $dy/dx = s$ where $x > 0$ and $0$ elsewhere: the Jacobian is the diagonal matrix with $s$
+    where the input is positive, so
+
+    $$
+    \bar{x} = s\, g \odot \mathbb{1}[x > 0].
+    $$
+
+    Residual: the mask ``not (x <= 0)`` (NaN propagates, as in
+    [relu][manualgrad.ops.relu]).
     """
     return scale * jnp.where(x <= 0, 0.0, x)
 
@@ -134,11 +155,15 @@ scaled_relu.defvjp(scaled_relu_fwd, scaled_relu_bwd)
 # -- sigmoid -------------------------------------------------------------------
 @defop(examples=_elementwise_examples())
 def sigmoid(x: jax.Array) -> jax.Array:
-    """``y = 1 / (1 + exp(-x))``, written here as ``(1 + tanh(x / 2)) / 2``, which is the
-    same function without overflow for large ``|x|``.
+    r"""$y = \sigma(x) = 1 / (1 + e^{-x})$, written here as $(1 + \tanh(x/2)) / 2$, which is
+    the same function without overflow for large $|x|$.
 
-    ``dy/dx = exp(-x) / (1 + exp(-x))**2 = y (1 - y)``, so ``x_bar = g * y * (1 - y)``.
-    Residual: the output ``y`` alone.
+    $$
+    \frac{dy}{dx} = \frac{e^{-x}}{(1 + e^{-x})^2} = y (1 - y),
+    \qquad \bar{x} = g \odot y \odot (1 - y).
+    $$
+
+    Residual: the output $y$ alone.
     """
     return 0.5 * (jnp.tanh(0.5 * x) + 1.0)
 
@@ -159,8 +184,8 @@ sigmoid.defvjp(sigmoid_fwd, sigmoid_bwd)
 # -- tanh ----------------------------------------------------------------------
 @defop(examples=_elementwise_examples())
 def tanh(x: jax.Array) -> jax.Array:
-    """``y = tanh(x)``. ``dy/dx = 1 - tanh(x)**2 = 1 - y**2``, so ``x_bar = g * (1 - y**2)``.
-    Residual: the output ``y``."""
+    r"""$y = \tanh(x)$. $dy/dx = 1 - \tanh^2(x) = 1 - y^2$, so $\bar{x} = g \odot (1 - y^2)$.
+    Residual: the output $y$."""
     return jnp.tanh(x)
 
 
@@ -180,10 +205,10 @@ tanh.defvjp(tanh_fwd, tanh_bwd)
 # -- softplus ------------------------------------------------------------------
 @defop(examples=_elementwise_examples())
 def softplus(x: jax.Array) -> jax.Array:
-    """``y = log(1 + exp(x))``, computed as ``logaddexp(x, 0)`` so large ``x`` does not overflow.
+    r"""$y = \log(1 + e^x)$, computed as ``logaddexp(x, 0)`` so large $x$ does not overflow.
 
-    ``dy/dx = exp(x) / (1 + exp(x)) = sigmoid(x)``, so ``x_bar = g * sigmoid(x)``.
-    Residual: ``x``.
+    $dy/dx = e^x / (1 + e^x) = \sigma(x)$, so $\bar{x} = g \odot \sigma(x)$.
+    Residual: $x$.
     """
     return jnp.logaddexp(x, 0.0)
 
@@ -210,21 +235,29 @@ def _gelu_examples(rng: np.random.Generator) -> list[Example]:
 
 @defop(static=("approximate",), examples=_gelu_examples)
 def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
-    """Gaussian error linear unit; the exact form by default (PyTorch's default).
+    r"""Gaussian error linear unit; the exact form by default (PyTorch's default).
 
-    Exact: ``y = x * Phi(x)`` with ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``, the standard
-    normal CDF, whose derivative is the density ``phi(x) = exp(-x**2 / 2) / sqrt(2 pi)``.
-    Product rule: ``dy/dx = Phi(x) + x * phi(x)``.
+    Exact: $y = x\, \Phi(x)$ with $\Phi(x) = \tfrac{1}{2}\left(1 + \operatorname{erf}(x / \sqrt{2})\right)$,
+    the standard normal CDF, whose derivative is the density
+    $\varphi(x) = e^{-x^2/2} / \sqrt{2\pi}$. Product rule:
 
-    ``approximate=True`` (PyTorch's ``approximate="tanh"``):
-    ``y = x (1 + tanh u) / 2`` with ``u = sqrt(2/pi) (x + 0.044715 x**3)``, so
-    ``dy/dx = (1 + tanh u) / 2 + x (1 - tanh(u)**2) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x**2)``.
+    $$
+    \frac{dy}{dx} = \Phi(x) + x\, \varphi(x).
+    $$
 
-    ``x_bar = g * dy/dx``. Residual: ``x``. The forward writes ``Phi`` as
-    ``1/2 + erf(x / sqrt 2) / 2``, as PyTorch does (``erfc(-x / sqrt 2) / 2`` is more accurate
-    where ``Phi`` is tiny, but XLA:CPU evaluates ``erfc`` 2.6x slower than ``erf``, and ``y`` and
-    ``x_bar`` are both tiny there), and ``(1 + tanh u) / 2`` as ``sigmoid(2u)``; both are pinned
-    to ``jax.nn.gelu`` and PyTorch's GELU by the tests.
+    ``approximate=True`` (PyTorch's ``approximate="tanh"``): $y = \tfrac{1}{2} x (1 + \tanh u)$
+    with $u = \sqrt{2/\pi}\,(x + 0.044715\, x^3)$, so
+
+    $$
+    \frac{dy}{dx} = \frac{1 + \tanh u}{2} + \frac{x}{2} \left(1 - \tanh^2 u\right) \sqrt{2/\pi}\,\left(1 + 3 \cdot 0.044715\, x^2\right).
+    $$
+
+    $\bar{x} = g \odot dy/dx$. Residual: $x$. The forward writes $\Phi$ as
+    $\tfrac{1}{2} + \tfrac{1}{2}\operatorname{erf}(x / \sqrt{2})$, as PyTorch does
+    ($\tfrac{1}{2}\operatorname{erfc}(-x / \sqrt{2})$ is more accurate where $\Phi$ is tiny,
+    but XLA:CPU evaluates ``erfc`` 2.6x slower than ``erf``, and $y$ and $\bar{x}$ are both tiny
+    there), and $(1 + \tanh u)/2$ as $\sigma(2u)$; both are pinned to ``jax.nn.gelu`` and
+    PyTorch's GELU by the tests.
     """
     if approximate:
         u = _SQRT_2_OVER_PI * (x + 0.044715 * x**3)
@@ -259,8 +292,8 @@ gelu.defvjp(gelu_fwd, gelu_bwd)
 # -- square --------------------------------------------------------------------
 @defop(examples=_elementwise_examples())
 def square(x: jax.Array) -> jax.Array:
-    """``y = x**2`` (seed 004's ``f(Y) = Y**2``). ``dy/dx = 2x``, so ``x_bar = 2 x g``.
-    Residual: ``x``."""
+    r"""$y = x^2$ (seed 004's $f(Y) = Y^2$). $dy/dx = 2x$, so $\bar{x} = 2 x \odot g$.
+    Residual: $x$."""
     return x * x
 
 
