@@ -93,7 +93,10 @@ def make_epoch(
     optimizer state and state are donated.
 
     Args:
-      model, loss, optimizer, grad: as for :func:`manualgrad.train.make_train_step`.
+      model: as for :func:`manualgrad.train.make_train_step`.
+      loss: as for :func:`manualgrad.train.make_train_step`.
+      optimizer: as for :func:`manualgrad.train.make_train_step`.
+      grad: as for :func:`manualgrad.train.make_train_step`.
       batch_size: examples per step (>= 1).
       scan: ``True`` (the default): the epoch is one jitted ``lax.scan`` over device-resident
         data, a single compiled call. ``False`` runs the same jitted step from a Python loop

@@ -58,8 +58,9 @@ def fit(
     """Train for ``epochs`` epochs, evaluating on the test split after each.
 
     Args:
-      model: the network. loss: an op ``loss(prediction, target)``. optimizer: an optax
-        transformation (:mod:`manualgrad.train.optimizers`).
+      model: the network.
+      loss: an op ``loss(prediction, target)``.
+      optimizer: an optax transformation (:mod:`manualgrad.train.optimizers`).
       params: the starting params; copied, not consumed.
       data: has ``x_train, y_train, x_test, y_test`` (a :class:`manualgrad.data.Dataset`; each
         an array or a pytree of arrays, e.g. one target per head).

@@ -84,7 +84,8 @@ def adamw_with_clipping(
       learning_rate: a positive number or an optax schedule.
       max_norm: the largest global L2 norm a gradient keeps (> 0).
       weight_decay: the decoupled decay of the matrices (>= 0).
-      b1, b2: Adam's moment decays, in [0, 1).
+      b1: Adam's first-moment decay, in [0, 1).
+      b2: Adam's second-moment decay, in [0, 1).
 
     Returns:
       The optax transformation.

@@ -53,7 +53,11 @@ def make_update(
     """The pure (not jitted) update of one batch.
 
     Args:
-      model, loss, optimizer, grad, axis_name: as for :func:`updater`.
+      model: as for :func:`updater`.
+      loss: as for :func:`updater`.
+      optimizer: as for :func:`updater`.
+      grad: as for :func:`updater`.
+      axis_name: as for :func:`updater`.
 
     Returns:
       ``update(params, opt_state, x, y, *, state=None, key=None) -> (params, opt_state,
@@ -99,8 +103,9 @@ def make_train_step(
     """One jitted, pure train step.
 
     Args:
-      model: the network. loss: an op ``loss(prediction, target)``. optimizer: an optax
-        transformation, e.g. :func:`manualgrad.train.sgd_with_clipping`.
+      model: the network.
+      loss: an op ``loss(prediction, target)``.
+      optimizer: an optax transformation, e.g. :func:`manualgrad.train.sgd_with_clipping`.
       grad: ``"manual"``, ``"explicit"`` or ``"reference"`` (:mod:`manualgrad.train.gradients`).
       mesh: a mesh from :func:`manualgrad.parallel.data_mesh` makes the step data-parallel
         (:func:`sharded_step`); pass replicated params, optimiser state, layer state and key
