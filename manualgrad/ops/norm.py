@@ -1,19 +1,33 @@
-"""Batch and layer normalisation, with the three-term hand-written VJP they share.
+r"""Batch and layer normalisation, with the three-term hand-written VJP they share.
 
-Both normalise ``x`` over a set of axes (``m`` elements per statistic), then scale and shift per
-channel (the last axis): ``xhat = (x - mean) * rstd`` with ``rstd = 1 / sqrt(var + eps)`` and the
-biased variance ``var = mean((x - mean)**2)``, and ``y = gamma * xhat + beta``.
+Both normalise ``x`` over a set of axes ($m$ elements per statistic), then scale and shift per
+channel (the last axis):
 
-Derivation, for one statistic's ``m`` elements. ``dmean/dx_k = 1/m`` and
-``dvar/dx_k = 2 (x_k - mean) / m``, so ``drstd/dx_k = -rstd**3 (x_k - mean) / m = -rstd**2 xhat_k / m``
-and ``dxhat_i/dx_k = rstd (delta_ik - 1/m) - xhat_i rstd xhat_k / m``. With ``h = g * gamma`` (the
-cotangent of ``xhat``)::
+$$
+\hat{x} = (x - \mu)\, r, \qquad r = \frac{1}{\sqrt{\sigma^2 + \epsilon}}, \qquad
+\sigma^2 = \frac{1}{m} \sum_k (x_k - \mu)^2, \qquad y = \gamma \odot \hat{x} + \beta,
+$$
 
-    x_bar_k = sum_i h_i dxhat_i/dx_k = (rstd / m) (m h_k - sum_i h_i - xhat_k sum_i h_i xhat_i)
+with $\mu$ the mean and $\sigma^2$ the biased variance ($r$ is ``rstd`` in the code).
 
-the projection of ``h`` that removes its mean and its component along ``xhat``. ``gamma_bar`` and
-``beta_bar`` sum ``g * xhat`` and ``g`` over every axis but the channel axis. Residuals: ``xhat``,
-``rstd`` and ``gamma``; ``x`` itself is not kept.
+Derivation, for one statistic's $m$ elements. $\partial \mu / \partial x_k = 1/m$ and
+$\partial \sigma^2 / \partial x_k = 2 (x_k - \mu) / m$, so
+$\partial r / \partial x_k = -r^3 (x_k - \mu) / m = -r^2 \hat{x}_k / m$ and
+
+$$
+\frac{\partial \hat{x}_i}{\partial x_k} = r \left(\delta_{ik} - \frac{1}{m}\right) - \frac{r}{m}\, \hat{x}_i \hat{x}_k .
+$$
+
+With $h = g \odot \gamma$ (the cotangent of $\hat{x}$):
+
+$$
+\bar{x}_k = \sum_i h_i \frac{\partial \hat{x}_i}{\partial x_k}
+= \frac{r}{m} \left(m\, h_k - \sum_i h_i - \hat{x}_k \sum_i h_i \hat{x}_i\right),
+$$
+
+the projection of $h$ that removes its mean and its component along $\hat{x}$. $\bar{\gamma}$
+and $\bar{\beta}$ sum $g \odot \hat{x}$ and $g$ over every axis but the channel axis.
+Residuals: $\hat{x}$, $r$ and $\gamma$; ``x`` itself is not kept.
 """
 
 from __future__ import annotations
@@ -88,16 +102,20 @@ _BATCH = "manualgrad.ops.batch_norm"
     examples=_norm_examples((1, 3, 2, 4), (6, 3)),  # an NHWC batch of one image; a plain batch
 )
 def batch_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """Training-mode batch normalisation: statistics over every axis but the last (the batch and, for
-    NHWC images, the spatial axes; ``m`` = their product), biased variance; ``gamma``, ``beta`` (C,).
+    r"""Training-mode batch normalisation: statistics over every axis but the last (the batch and,
+    for NHWC images, the spatial axes; $m$ = their product), biased variance; ``gamma``, ``beta``
+    (C,).
 
-    With the module's derivation (``h = g gamma``, and ``gamma`` constant over a statistic's elements):
+    With the module's derivation ($h = g \odot \gamma$, and $\gamma$ constant over a statistic's
+    elements), sums over every axis but the last:
 
-    * ``x_bar = (gamma rstd / m) (m g - sum(g) - xhat sum(g xhat))``, sums over every axis but the last;
-    * ``gamma_bar = sum(g xhat)``, ``beta_bar = sum(g)``, over the same axes.
+    $$
+    \bar{x} = \frac{\gamma\, r}{m} \left(m\, g - \sum g - \hat{x} \sum g \odot \hat{x}\right),
+    \qquad \bar{\gamma} = \sum g \odot \hat{x}, \qquad \bar{\beta} = \sum g .
+    $$
 
-    A batch of one (``m = 1``) stays finite: ``x = mean``, so ``xhat = 0`` and ``rstd = 1 / sqrt(eps)``;
-    ``y = beta`` and ``x_bar = gamma rstd (g - g - 0) = 0``. Only ``y`` is returned: a layer that keeps
+    A batch of one ($m = 1$) stays finite: $x = \mu$, so $\hat{x} = 0$ and $r = 1/\sqrt{\epsilon}$;
+    $y = \beta$ and $\bar{x} = \gamma\, r\, (g - g - 0) = 0$. Only ``y`` is returned: a layer that keeps
     running statistics computes the batch mean and variance itself.
     """
     axes = tuple(range(jnp.ndim(x) - 1))
@@ -128,18 +146,21 @@ _LAYER = "manualgrad.ops.layer_norm"
     examples=_norm_examples((2, 3, 4), (6,)),
 )
 def layer_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """Layer normalisation over the last axis (``m = C`` elements per statistic, one statistic per
+    r"""Layer normalisation over the last axis ($m = C$ elements per statistic, one statistic per
     leading index), biased variance; ``gamma``, ``beta`` (C,).
 
-    With the module's derivation, along the last axis (``h = g gamma``):
+    With the module's derivation, along the last axis ($h = g \odot \gamma$):
 
-    * ``x_bar = (rstd / C) (C h - sum(h) - xhat sum(h xhat))``;
-    * ``gamma_bar = sum(g xhat)``, ``beta_bar = sum(g)``, over every leading axis.
+    $$
+    \bar{x} = \frac{r}{C} \left(C\, h - \sum_c h_c - \hat{x} \sum_c h_c \hat{x}_c\right),
+    $$
 
-    The two sums along the channel axis are matrix-vector products with ``gamma``:
-    ``sum_c h = g @ gamma`` and ``sum_c h xhat = (g xhat) @ gamma``, so the backward never
-    forms ``h`` for a reduction and reuses ``g xhat`` for ``gamma_bar`` (on XLA:CPU this drops a
-    full-size broadcast of ``gamma`` and one pass over the activations).
+    and $\bar{\gamma} = \sum g \odot \hat{x}$, $\bar{\beta} = \sum g$ over every leading axis.
+
+    The two sums along the channel axis are matrix-vector products with $\gamma$:
+    $\sum_c h_c = g \gamma$ and $\sum_c h_c \hat{x}_c = (g \odot \hat{x})\, \gamma$, so the
+    backward never forms $h$ for a reduction and reuses $g \odot \hat{x}$ for $\bar{\gamma}$
+    (on XLA:CPU this drops a full-size broadcast of $\gamma$ and one pass over the activations).
     """
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
