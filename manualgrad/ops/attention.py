@@ -1,8 +1,9 @@
 """Softmax attention with a FlashAttention-style hand-written backward: O(block x T_k) memory.
 
 ``jax.grad`` of plain attention keeps the (T_q, T_k) probability matrix for the backward pass.
-Here the forward keeps only q, k, v, the output and each query row's log-sum-exp, and the
-backward recomputes the probabilities one block of queries at a time (Dao et al., 2022).
+Here the forward keeps only q, k, v, the output and each query row's log-sum-exp (a sequence
+short enough to be one block also keeps its probabilities), and the backward recomputes the
+probabilities one block of queries at a time (Dao et al., 2022).
 """
 
 from __future__ import annotations
@@ -115,38 +116,56 @@ def attention(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: Any = None, causal: bool = False, scale: Any = None,
     block: int = 128,
 ) -> jax.Array:
-    r"""``softmax(q @ k^T * scale) @ v`` over the last two axes; ``q`` (..., T_q, d), ``k`` (..., T_k, d),
-    ``v`` (..., T_k, d_v), heads as leading axes. ``scale`` defaults to ``1 / sqrt(d)``; ``mask`` is
-    boolean, broadcastable to (..., T_q, T_k), True = attend (a constant argument); ``causal=True``
-    lets query ``i`` attend keys ``j <= i``. ``block`` (static): queries per block in the forward and
-    backward passes.
+    r"""Softmax attention $\operatorname{softmax}(c\, q k^\top)\, v$ over the last two axes;
+    ``q`` (..., T_q, d), ``k`` (..., T_k, d), ``v`` (..., T_k, d_v), heads as leading axes.
+
+    Args:
+        q: the queries.
+        k: the keys.
+        v: the values.
+        mask: boolean, broadcastable to (..., T_q, T_k), True = attend (a constant argument).
+        causal: let query $i$ attend keys $j \le i$ only.
+        scale: $c$; defaults to $1/\sqrt{d}$.
+        block: (static) queries per block in the forward and backward passes.
 
     **Fully masked rows** (a query that may attend no key) give an output row of zeros and zero
     gradients, in the reference and in the hand-written rules alike (not NaN, not an error: a
     padded position in a batch of sequences is such a row, and its loss is usually masked too).
 
-    Derivation. Per query row, ``s = q k^T c`` (``c`` the scale; masked entries ``-inf``), ``p =
-    softmax(s)``, ``o = p v``. With ``g = o_bar`` (FlashAttention's ``dO``):
+    Derivation. Per query row, $s = c\, q k^\top$ (masked entries $-\infty$),
+    $p = \operatorname{softmax}(s)$, $o = p v$. With $g = \bar{o}$ (FlashAttention's $dO$):
 
-    * ``v_bar = p^T g`` and ``p_bar = g v^T`` (``dP``);
-    * softmax's VJP: ``s_bar_j = p_j (p_bar_j - sum_l p_l p_bar_l)``, and ``sum_l p_l p_bar_l =
-      sum_l p_l (g . v_l) = g . o``, so ``s_bar = p * (p_bar - D)`` with ``D = rowsum(g * o)``
-      (``dS = P * (dP - rowsum(dO * O))``): one number per row, from the saved output, no
-      T_k-long sum needed;
-    * ``q_bar = s_bar k c`` and ``k_bar = s_bar^T q c``.
+    $$
+    \bar{v} = p^\top g, \qquad \bar{p} = g v^\top \quad (dP).
+    $$
 
-    Memory. The forward saves ``q, k, v, o`` and each row's log-sum-exp ``L = m + log(sum_j
-    exp(s_j - m))`` (``m`` the row max), and nothing of size T_q x T_k. The backward runs over
-    blocks of ``block`` queries (``lax.scan``): it recomputes ``s`` for the block, ``p = exp(s - L)``
-    exactly, and ``ds``; it adds the block's share to ``dk`` and ``dv`` (scan carries) and emits its
-    ``dq`` rows. Peak extra memory is O(block x T_k) per head instead of O(T_q x T_k). A sequence of
-    at most ``block`` queries is one block: no loop and no padding, and the forward keeps the
-    probabilities ``p`` (T_q x T_k per head, within the same bound), so the backward does not
-    recompute ``q k^T`` and its exponentials; up to :data:`UNROLL` blocks run without a loop, and
-    causal blocks skip the keys after them. The forward
-    runs over the same blocks (each block's softmax needs all of T_k, so no online rescaling is
-    needed across query blocks). A fully masked row has ``L = 0`` stored and every ``s = -inf``,
-    so its ``p`` is 0 and so are its output and cotangents.
+    Softmax's VJP is $\bar{s}_j = p_j \left(\bar{p}_j - \sum_l p_l \bar{p}_l\right)$, and
+    $\sum_l p_l \bar{p}_l = \sum_l p_l\, (g \cdot v_l) = g \cdot o$, so
+
+    $$
+    \bar{s} = p \odot (\bar{p} - D), \qquad D = \textstyle\sum_e g_e\, o_e
+    $$
+
+    ($dS = P \odot (dP - \operatorname{rowsum}(dO \odot O))$): one number per row, from the saved
+    output, no $T_k$-long sum needed. Finally
+
+    $$
+    \bar{q} = c\, \bar{s} k, \qquad \bar{k} = c\, \bar{s}^\top q .
+    $$
+
+    Memory. The forward saves $q, k, v, o$ and each row's log-sum-exp
+    $L = m + \log \sum_j e^{s_j - m}$ ($m$ the row max). The backward works on blocks of
+    ``block`` queries: it recomputes $s$ for the block, $p = e^{s - L}$ exactly, and $\bar{s}$; it
+    adds the block's share to $\bar{k}$ and $\bar{v}$ and emits its $\bar{q}$ rows. Peak extra
+    memory is O(block x T_k) per head instead of O(T_q x T_k). A sequence of at most ``block``
+    queries is one block: no loop and no padding, and the forward keeps its probabilities $p$
+    (T_q x T_k per head, within the same bound), so the backward does not recompute $q k^\top$
+    and its exponentials. Up to [UNROLL][manualgrad.ops.attention.UNROLL] blocks run without a
+    loop, and a causal block skips the keys after its last query; more run as a loop
+    (``lax.map`` forward, ``lax.scan`` backward). The forward runs over the same blocks (each
+    block's softmax needs all of T_k, so no online rescaling is needed across query blocks). A
+    fully masked row has $L = 0$ stored and every $s = -\infty$, so its $p$ is 0 and so are its
+    output and cotangents.
     """
     c = _scale(q, scale)
     t_q, t_k = q.shape[-2], k.shape[-2]
