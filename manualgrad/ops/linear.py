@@ -43,14 +43,27 @@ def _linear_examples(rng: np.random.Generator) -> list[Example]:
 def linear(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     r"""Affine map ``y = x @ w + b``; ``x`` (..., d_in), ``w`` (d_in, d_out), ``b`` (d_out,).
 
-    Derivation. Write every leading axis of ``x`` as one batch index ``n``:
-    ``y[n, j] = sum_i x[n, i] w[i, j] + b[j]``. With upstream cotangent ``g = dL/dy``,
+    Derivation. Write every leading axis of ``x`` as one batch index $n$, and ``w`` as $W$:
 
-    * ``dL/dx[n, i] = sum_j g[n, j] w[i, j]``          so  ``x_bar = g @ w.T``
-    * ``dL/dw[i, j] = sum_n x[n, i] g[n, j]``          so  ``w_bar = x.T @ g``, summed over
-      every leading axis (the batch and any others), because ``w`` is shared by all rows
-    * ``dL/db[j]    = sum_n g[n, j]``                   so  ``b_bar = g`` summed over leading axes,
-      the transpose of broadcasting ``b`` to every row.
+    $$
+    y_{nj} = \sum_i x_{ni} W_{ij} + b_j .
+    $$
+
+    With upstream cotangent $g = \partial L / \partial y$,
+
+    $$
+    \frac{\partial L}{\partial x_{ni}} = \sum_j g_{nj} W_{ij}, \qquad
+    \frac{\partial L}{\partial W_{ij}} = \sum_n x_{ni} g_{nj}, \qquad
+    \frac{\partial L}{\partial b_j} = \sum_n g_{nj},
+    $$
+
+    so, in matrix form:
+
+    * $\bar{x} = g\, W^\top$;
+    * $\bar{W} = x^\top g$, summed over every leading axis (the batch and any others), because
+      $W$ is shared by all rows;
+    * $\bar{b}_j = \sum_n g_{nj}$: $g$ summed over the leading axes, the transpose of
+      broadcasting $b$ to every row.
 
     Residuals: ``x`` and ``w`` (``b`` is not needed). Forward and backward work on the rows
     of ``x`` and ``g`` (every leading axis merged, a free reshape), so every product is a 2-D
