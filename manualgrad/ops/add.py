@@ -40,15 +40,21 @@ def unbroadcast(g: jax.Array, shape: tuple) -> jax.Array:
 
 @defop(check=_check_add, examples=_add_examples)
 def add(x: jax.Array, y: jax.Array) -> jax.Array:
-    """``x + y`` with broadcasting.
+    r"""``x + y`` with broadcasting.
 
-    Derivation. ``z = x + y`` has ``dz/dx = dz/dy = 1`` entrywise, so before broadcasting both
-    cotangents are ``g`` itself. Broadcasting copies an entry of ``x`` to every position of
-    an added or stretched (size-1) axis, and the transpose of a copy is a sum: ``x_bar`` is
-    ``g`` summed over the axes broadcasting added to ``x`` (kept with size 1 where ``x`` had
-    them), and likewise ``y_bar``. A residual connection ``x + f(x)`` gets ``x_bar = g`` on the
-    skip path; a position table ``(T, D)`` added to a batch ``(B, T, D)`` gets
-    ``y_bar = sum_b g[b]``. Residual: ``x`` and ``y``, for their static shapes only.
+    Derivation. $z = x + y$ has $\partial z / \partial x = \partial z / \partial y = 1$
+    entrywise, so before broadcasting both cotangents are $g$ itself. Broadcasting copies an
+    entry of $x$ to every position of an added or stretched (size-1) axis, and the transpose of
+    a copy is a sum: $\bar{x}$ is $g$ summed over the axes broadcasting added to ``x`` (kept
+    with size 1 where ``x`` had them), and likewise $\bar{y}$. A residual connection
+    ``x + f(x)`` gets $\bar{x} = g$ on the skip path; a position table ``(T, D)`` added to a
+    batch ``(B, T, D)`` gets
+
+    $$
+    \bar{y}_{td} = \sum_b g_{btd} .
+    $$
+
+    Residual: ``x`` and ``y``, for their static shapes only.
     """
     return x + y
 

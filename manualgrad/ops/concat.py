@@ -37,14 +37,21 @@ def _concat_examples(rng: np.random.Generator) -> list[Example]:
 
 @defop(static=("axis",), check=_check_concat, examples=_concat_examples)
 def concat(xs: Sequence[jax.Array], axis: int = -1) -> jax.Array:
-    """``jnp.concatenate(xs, axis)``: the arrays of the tuple ``xs`` side by side along ``axis``
+    r"""``jnp.concatenate(xs, axis)``: the arrays of the tuple ``xs`` side by side along ``axis``
     (their other axes equal).
 
-    Derivation. Every entry of ``y`` is one entry of one ``x_k``: ``y[..., o_k + j, ...] =
-    x_k[..., j, ...]`` with ``o_k`` the sum of the sizes of ``x_1 .. x_{k-1}`` along ``axis``. So
-    ``dy/dx_k`` copies and ``x_k_bar = g[..., o_k : o_k + size_k, ...]``: ``xs_bar`` is ``g`` cut
-    back into the pieces ``xs`` came in. Residual: ``xs``, for their static sizes only (under
-    ``jit`` no data of them is kept for the backward).
+    Derivation. Every entry of $y$ is one entry of one $x_k$ (the $k$-th array of ``xs``). With
+    indices written along ``axis`` only (every other index is the same on both sides) and $n_k$
+    the size of $x_k$ along ``axis``,
+
+    $$
+    y_{o_k + j} = (x_k)_j, \qquad o_k = n_1 + \dots + n_{k-1},
+    $$
+
+    $o_k$ being the sum of the sizes of $x_1, \dots, x_{k-1}$ along ``axis``. So
+    $\partial y / \partial x_k$ copies and $\bar{x}_k = g_{o_k : o_k + n_k}$ (along ``axis``):
+    the cotangent of ``xs`` is $g$ cut back into the pieces ``xs`` came in. Residual: ``xs``,
+    for their static sizes only (under ``jit`` no data of them is kept for the backward).
     """
     return jnp.concatenate(xs, axis=axis)
 

@@ -43,13 +43,20 @@ def _dropout_examples(rng: np.random.Generator) -> list[Example]:
 
 @defop(static=("rate",), constant=("key",), check=_check_dropout, examples=_dropout_examples)
 def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
-    """Inverted dropout: ``keep = jax.random.bernoulli(key, 1 - rate, x.shape)`` and
-    ``y = where(keep, x / (1 - rate), 0)``, so ``E[y] = x``; ``rate == 0`` is the identity. ``key`` is
-    a typed key (``jax.random.key``) or a raw ``uint32`` one (``jax.random.PRNGKey``); it is a constant
-    argument (no cotangent). ``rate`` is static, in [0, 1).
+    r"""Inverted dropout: ``keep = jax.random.bernoulli(key, 1 - rate, x.shape)`` and
+    ``y = where(keep, x / (1 - rate), 0)``, so $\mathbb{E}[y] = x$; ``rate == 0`` is the identity.
+    ``key`` is a typed key (``jax.random.key``) or a raw ``uint32`` one (``jax.random.PRNGKey``); it
+    is a constant argument (no cotangent). ``rate`` is static, in [0, 1).
 
-    Derivation. For a fixed mask ``y`` is linear in ``x`` with the diagonal Jacobian
-    ``keep / (1 - rate)``, so ``x_bar = where(keep, g / (1 - rate), 0)`` and ``key_bar`` is None.
+    Derivation. Write the mask ``keep`` as $m \in \{0, 1\}$ (elementwise) and ``rate`` as $q$:
+    $y = m \odot x / (1 - q)$. For a fixed mask $y$ is linear in $x$ with the diagonal Jacobian
+    $m / (1 - q)$, so
+
+    $$
+    \bar{x} = \frac{m \odot g}{1 - q},
+    $$
+
+    in code ``where(keep, g / (1 - rate), 0)``; the cotangent of ``key`` is None.
 
     Residual: the key, not the mask. The mask is a pure function of ``(key, rate, x.shape)``, so the
     backward draws it again: a handful of bytes are kept between the passes instead of one byte per

@@ -35,13 +35,19 @@ def _embedding_examples(rng: np.random.Generator) -> list[Example]:
 
 @defop(constant=("ids",), check=_check_embedding, examples=_embedding_examples)
 def embedding(ids: jax.Array, table: jax.Array) -> jax.Array:
-    """``table[ids]``: ``ids`` integer of any shape (a constant argument, no cotangent), ``table``
+    r"""``table[ids]``: ``ids`` integer of any shape (a constant argument, no cotangent), ``table``
     (V, D); the result has shape ``ids.shape + (D,)``.
 
-    Derivation. ``y[i, :] = table[ids[i], :]`` (``i`` running over every position of ``ids``), so
-    ``dy[i, :] / dtable[v, :]`` is the identity where ``ids[i] == v`` and 0 elsewhere, and
-    ``table_bar[v] = sum over the positions i with ids[i] == v of g[i]``: a scatter-add, in which
-    a repeated id accumulates every one of its positions' cotangents and an unused row gets 0.
+    Derivation. Write ``table`` as $E$ and ``ids`` as $k$. Then $y_{i,:} = E_{k_i,:}$ ($i$
+    running over every position of ``ids``), so $\partial y_{i,:} / \partial E_{v,:}$ is the
+    identity where $k_i = v$ and 0 elsewhere, and
+
+    $$
+    \bar{E}_v = \sum_{i \,:\, k_i = v} g_i ,
+    $$
+
+    the sum over the positions $i$ with $k_i = v$: a scatter-add, in which a repeated id
+    accumulates every one of its positions' cotangents and an unused row gets 0.
 
     Residual: ``ids`` (and ``table``, for its shape; a parameter, alive anyway). Bad ids: concrete
     ids out of ``[0, V)`` are an error; under ``jit`` they cannot be checked, and the gather fills

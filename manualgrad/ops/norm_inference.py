@@ -39,15 +39,17 @@ def batch_norm_inference(
 ) -> jax.Array:
     r"""Batch norm with fixed per-channel statistics: ``y = gamma * (x - mean) / sqrt(var + eps) + beta``.
 
-    The statistics (running averages, :class:`manualgrad.nn.BatchNorm`'s state) are constants,
-    so ``y`` is affine in ``x`` per channel. With ``r = 1 / sqrt(var + eps)``, ``xhat = (x -
-    mean) r`` and upstream ``g``:
+    The statistics (running averages, [manualgrad.nn.BatchNorm][manualgrad.nn.BatchNorm]'s state)
+    are constants, so $y$ is affine in $x$ per channel. With $\mu$ = ``mean``, $\sigma^2$ = ``var``,
+    $\epsilon$ = ``eps``, $r = 1 / \sqrt{\sigma^2 + \epsilon}$, $\hat{x} = (x - \mu)\, r$ and
+    upstream $g$, so that $y = \gamma \odot \hat{x} + \beta$:
 
-    * ``x_bar = g * gamma * r``               (``dy/dx = gamma r``, channel by channel)
-    * ``gamma_bar = sum_rows g * xhat``       (summed over every axis but the channel axis)
-    * ``beta_bar = sum_rows g``
+    * $\bar{x} = g \odot \gamma\, r$ ($\partial y / \partial x = \gamma\, r$, channel by channel);
+    * $\bar{\gamma} = \sum_{\text{rows}} g \odot \hat{x}$ (summed over every axis but the channel
+      axis);
+    * $\bar{\beta} = \sum_{\text{rows}} g$.
 
-    Residuals: ``xhat`` and ``gamma * r``.
+    Residuals: $\hat{x}$ and $\gamma\, r$.
     """
     mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
     return gamma * (x - mean) / jnp.sqrt(var + eps) + beta

@@ -24,12 +24,12 @@ def _flatten_examples(rng: np.random.Generator) -> list[Example]:
 
 @defop(check=_check_flatten, examples=_flatten_examples)
 def flatten(x: jax.Array) -> jax.Array:
-    """Reshape ``(n, d1, d2, ...)`` to ``(n, d1 * d2 * ...)``, keeping the leading axis.
+    r"""Reshape ``(n, d1, d2, ...)`` to ``(n, d1 * d2 * ...)``, keeping the leading axis.
 
     A reshape keeps every entry and only changes how it is indexed, so its Jacobian is the
-    identity on the entries and
-    ``x_bar = g.reshape(x.shape)``. Residual: ``x``, of which only the static shape is
-    read; under ``jit`` no data of it is kept for the backward.
+    identity on the entries and $\bar{x}$ is $g$ reshaped back: ``g.reshape(x.shape)``.
+    Residual: ``x``, of which only the static shape is read; under ``jit`` no data of it is
+    kept for the backward.
     """
     return jnp.reshape(x, (np.shape(x)[0], math.prod(np.shape(x)[1:])))
 
@@ -69,11 +69,16 @@ def _merge(x: jax.Array) -> jax.Array:
 
 @defop(static=("heads",), check=_check_split_heads, examples=_split_heads_examples)
 def split_heads(x: jax.Array, heads: int) -> jax.Array:
-    """``(..., T, H * d) -> (..., H, T, d)``: the feature axis cut into ``heads`` slices of ``d``
+    r"""``(..., T, H * d) -> (..., H, T, d)``: the feature axis cut into ``heads`` slices of ``d``
     and the head axis moved before the positions (attention's layout: heads as a leading axis).
 
-    ``y[..., h, t, j] = x[..., t, h * d + j]`` only moves entries, so the VJP moves them back:
-    ``x_bar[..., t, h * d + j] = g[..., h, t, j]``, i.e. ``x_bar = merge_heads(g)``. Residual: none.
+    $y_{\ldots, h, t, j} = x_{\ldots, t, h d + j}$ only moves entries, so the VJP moves them back:
+
+    $$
+    \bar{x}_{\ldots, t, h d + j} = g_{\ldots, h, t, j},
+    $$
+
+    i.e. $\bar{x}$ = ``merge_heads(g)``. Residual: none.
     """
     return _split(x, heads)
 
@@ -100,12 +105,12 @@ def _merge_heads_examples(rng: np.random.Generator) -> list[Example]:
 
 @defop(check=_check_merge_heads, examples=_merge_heads_examples)
 def merge_heads(x: jax.Array) -> jax.Array:
-    """``(..., H, T, d) -> (..., T, H * d)``, the inverse of :func:`split_heads`: each position's
-    heads side by side on the feature axis.
+    r"""``(..., H, T, d) -> (..., T, H * d)``, the inverse of [split_heads][manualgrad.ops.split_heads]:
+    each position's heads side by side on the feature axis.
 
-    ``y[..., t, h * d + j] = x[..., h, t, j]`` only moves entries, so
-    ``x_bar = split_heads(g, heads=H)`` with ``H = x.shape[-3]``. Residual: ``x``, for its
-    static shape only (as :func:`flatten`'s).
+    $y_{\ldots, t, h d + j} = x_{\ldots, h, t, j}$ only moves entries, so
+    $\bar{x}$ = ``split_heads(g, heads=H)`` with $H$ = ``x.shape[-3]``. Residual: ``x``, for its
+    static shape only (as [flatten][manualgrad.ops.flatten]'s).
     """
     return _merge(x)
 

@@ -35,14 +35,19 @@ def _shifted(x: jax.Array, axis: int) -> jax.Array:
 
 @defop(static=("axis",), check=_check_axis("manualgrad.ops.softmax"), examples=_softmax_examples)
 def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
-    """``y_i = exp(x_i) / sum_k exp(x_k)`` along ``axis``, computed on ``x - max(x)``.
+    r"""$y_i = \exp(x_i) / \sum_k \exp(x_k)$ along ``axis``, computed on $x - \max(x)$.
 
-    Jacobian: ``dy_i/dx_j = y_i (delta_ij - y_j)``. Its transpose applied to ``g``:
-    ``x_bar_j = sum_i g_i y_i (delta_ij - y_j) = y_j (g_j - sum_i g_i y_i)``, i.e.
-    ``x_bar = y * (g - sum(g * y, axis))``, with no Jacobian materialised.
-    Residual: the output ``y``. The forward computes ``exp(x - logsumexp(x))``, the
-    reference ``exp(x - max) / sum exp(x - max)``; both are pinned to ``jax.nn.softmax``
-    and PyTorch's by the tests.
+    Jacobian: $\partial y_i / \partial x_j = y_i (\delta_{ij} - y_j)$. Its transpose applied to
+    $g$:
+
+    $$
+    \bar{x}_j = \sum_i g_i\, y_i (\delta_{ij} - y_j) = y_j \Big(g_j - \sum_i g_i y_i\Big),
+    $$
+
+    i.e. $\bar{x} = y \odot \big(g - \sum g \odot y\big)$, the sum along ``axis``, with no
+    Jacobian materialised. Residual: the output $y$. The forward computes
+    $\exp(x - \operatorname{logsumexp}(x))$, the reference $\exp(x - \max) / \sum \exp(x - \max)$;
+    both are pinned to ``jax.nn.softmax`` and PyTorch's by the tests.
     """
     e = jnp.exp(_shifted(x, axis))
     return e / jnp.sum(e, axis=axis, keepdims=True)
@@ -69,11 +74,16 @@ softmax.defvjp(softmax_fwd, softmax_bwd)
 
 @defop(static=("axis",), check=_check_axis("manualgrad.ops.log_softmax"), examples=_softmax_examples)
 def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
-    """``y_i = x_i - log sum_k exp(x_k)`` along ``axis``, computed on ``x - max(x)``.
+    r"""$y_i = x_i - \log \sum_k \exp(x_k)$ along ``axis``, computed on $x - \max(x)$.
 
-    ``dy_i/dx_j = delta_ij - softmax(x)_j``, so
-    ``x_bar_j = g_j - softmax(x)_j sum_i g_i``, i.e. ``x_bar = g - exp(y) * sum(g, axis)``:
-    the softmax is recovered from the output as ``exp(y)``. Residual: the output ``y``.
+    $\partial y_i / \partial x_j = \delta_{ij} - \operatorname{softmax}(x)_j$, so
+
+    $$
+    \bar{x}_j = g_j - \operatorname{softmax}(x)_j \sum_i g_i ,
+    $$
+
+    i.e. $\bar{x} = g - \exp(y) \sum g$, the sum along ``axis``: the softmax is recovered from
+    the output as $\exp(y)$. Residual: the output $y$.
     """
     s = _shifted(x, axis)
     return s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))

@@ -1,10 +1,10 @@
 """Strided window access shared by convolution and pooling: for one offset inside the window,
-every window's element at that offset (:func:`take`), and its transpose (:func:`put`).
+every window's element at that offset (``take``), and its transpose (``put``).
 
 A window op over a padded NHWC input ``xp`` with ``Ho x Wo`` windows stepping by ``(sh, sw)``
 reads, at offset ``(a, c)``, the strided slice ``xp[:, a : a + (Ho - 1) sh + 1 : sh, c : ... :
 sw, :]``: one ``(N, Ho, Wo, C)`` array holding that element of every window. Both ops' forward
-and backward rules are sums over the window's offsets of :func:`take` or :func:`put`.
+and backward rules are sums over the window's offsets of ``take`` or ``put``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def take(xp: jax.Array, start: tuple[int, int], strides: tuple[int, int], out: t
 
 
 def put(v: jax.Array, start: tuple[int, int], strides: tuple[int, int], padded: tuple[int, int]) -> jax.Array:
-    """The transpose of :func:`take`: ``v`` (N, Ho, Wo, C) written at the strided positions of a zero
+    """The transpose of ``take``: ``v`` (N, Ho, Wo, C) written at the strided positions of a zero
     array of the padded input's spatial size ``padded``, by ``lax.pad`` with interior padding."""
     (a, c), (sh, sw), (hp, wp) = start, strides, padded
     ho, wo = v.shape[1:3]
