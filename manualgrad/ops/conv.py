@@ -156,53 +156,78 @@ def conv2d(
     ``lax.conv_general_dilated`` with ``feature_group_count=groups``, plus ``b``; PyTorch's weight is
     ``w.transpose(3, 2, 0, 1)``.
 
-    Derivation. Let ``xp`` be ``x`` zero-padded by (t, b_) rows and (l, r) columns, ``s`` the stride,
-    ``d`` the dilation, ``Cg = C_in / groups`` and ``G(o)`` the group of output channel ``o`` (output
+    Derivation. Let $\tilde{x}$ (``xp``) be ``x`` zero-padded by $(t, b')$ rows and $(l, r)$
+    columns ($b'$ the bottom padding; $b$ is the bias), $s$ the stride, $d$ the dilation,
+    $C_g = C_{\mathrm{in}} / \mathrm{groups}$ and $G(o)$ the group of output channel $o$ (output
     channels are split into ``groups`` consecutive blocks, input channels likewise). Then
 
-        ``y[n, i, j, o] = b[o] + sum_{p, q, c} xp[n, i s + p d, j s + q d, G(o) Cg + c] w[p, q, c, o]``
+    $$
+    y_{n,i,j,o} = b_o + \sum_{p,q,c} \tilde{x}_{n,\, i s + p d,\, j s + q d,\, G(o) C_g + c}\, w_{p,q,c,o}
+    $$
 
     (one spatial axis written from here on; the other is the same). The dilated kernel spans
-    ``E = (K - 1) d + 1``; the output has ``Ho = (H + t + b_ - E) // s + 1`` rows, and the last
-    ``u = (H + t + b_ - E) % s`` rows of ``xp`` are read by no window: their cotangent is 0.
+    $E = (K - 1) d + 1$; the output has $H_o = \lfloor (H + t + b' - E) / s \rfloor + 1$ rows, and
+    the last $u = (H + t + b' - E) \bmod s$ rows of $\tilde{x}$ are read by no window: their
+    cotangent is 0.
 
-    * ``b_bar[o] = sum_{n, i, j} g[n, i, j, o]``: the transpose of broadcasting ``b``.
-    * ``x_bar``: each ``xp[n, a, ., G(o) Cg + c]`` meets ``w[p, ., c, o]`` in output row ``i`` when
-      ``a = i s + p d``. Let ``gs`` be ``g`` with ``s - 1`` zeros between its rows (``gs[i s] = g[i]``);
-      then ``xp_bar[a] = sum_p gs[a - p d] w[p]`` and, substituting ``p = K - 1 - p'``,
-      ``xp_bar[a] = sum_{p'} gs[a - E + 1 + p' d] w[K - 1 - p']``: a stride-1 correlation of ``gs``
-      (``lhs_dilation = s``) with the spatially flipped kernel (``rhs_dilation = d``) whose in and out
-      channel axes are exchanged within each group ``k``: ``w_t[p', q', o, k Cg + c] =
-      w[K-1-p', K-1-q', c, k Co + o]`` with ``Co = C_out / groups``, so one group's outputs feed that
-      group's inputs (``feature_group_count = groups``). ``gs`` is padded by
-      ``E - 1`` before and after; dropping the first ``t`` and last ``b_`` rows of ``xp_bar`` (the
-      padding) and appending the ``u`` unread zero rows gives ``x_bar`` directly: pads
-      ``(E - 1 - t, E - 1 - b_ + u)``, negative where the padding exceeds ``E - 1`` (XLA crops there).
-    * ``w_bar[p, q, c, o] = sum_{n, i, j} xp[n, i s + p d, j s + q d, G(o) Cg + c] g[n, i, j, o]``: a
-      correlation of ``xp`` with ``g`` as the kernel, dilated by ``s``, stepping by ``d``, the batch ``n``
-      contracted as if it were a channel and ``C_in`` playing the batch (``CHWN`` x ``IHWO`` -> ``HWNC``).
-      The pads are ``(t, b_ - u)``, so exactly ``K`` rows come out. With groups, each group of output
-      channels only meets its own ``Cg`` input channels: ``batch_group_count = groups`` splits ``C_in``
-      (the batch of this correlation) into the same blocks as ``C_out``.
+    The bias: $\bar{b}_o = \sum_{n,i,j} g_{n,i,j,o}$, the transpose of broadcasting $b$.
+
+    The input: each $\tilde{x}_{n,a,\cdot,G(o) C_g + c}$ meets $w_{p,\cdot,c,o}$ in output row $i$
+    when $a = i s + p d$. Let $\hat{g}$ (``gs``) be $g$ with $s - 1$ zeros between its rows
+    ($\hat{g}_{i s} = g_i$); then $\bar{\tilde{x}}_a = \sum_p \hat{g}_{a - p d}\, w_p$ and,
+    substituting $p = K - 1 - p'$,
+
+    $$
+    \bar{\tilde{x}}_a = \sum_{p'} \hat{g}_{a - E + 1 + p' d}\, w_{K - 1 - p'} ,
+    $$
+
+    a stride-1 correlation of $\hat{g}$ (``lhs_dilation = s``) with the spatially flipped kernel
+    (``rhs_dilation = d``) whose in and out channel axes are exchanged within each group $k$:
+
+    $$
+    \check{w}_{p',q',o,k C_g + c} = w_{K-1-p',\, K-1-q',\, c,\, k C_o + o},
+    \qquad C_o = C_{\mathrm{out}} / \mathrm{groups}
+    $$
+
+    ($\check{w}$ is ``w_t``), so one group's outputs feed that group's inputs
+    (``feature_group_count = groups``). $\hat{g}$ is padded by $E - 1$ before and after; dropping
+    the first $t$ and last $b'$ rows of $\bar{\tilde{x}}$ (the padding) and appending the $u$
+    unread zero rows gives $\bar{x}$ directly: pads $(E - 1 - t,\ E - 1 - b' + u)$, negative where
+    the padding exceeds $E - 1$ (XLA crops there).
+
+    The kernel:
+
+    $$
+    \bar{w}_{p,q,c,o} = \sum_{n,i,j} \tilde{x}_{n,\, i s + p d,\, j s + q d,\, G(o) C_g + c}\, g_{n,i,j,o} ,
+    $$
+
+    a correlation of $\tilde{x}$ with $g$ as the kernel, dilated by $s$, stepping by $d$, the batch
+    $n$ contracted as if it were a channel and $C_{\mathrm{in}}$ playing the batch (``CHWN`` x
+    ``IHWO`` -> ``HWNC``). The pads are $(t,\ b' - u)$, so exactly $K$ rows come out. With groups,
+    each group of output channels only meets its own $C_g$ input channels:
+    ``batch_group_count = groups`` splits ``C_in`` (the batch of this correlation) into the same
+    blocks as ``C_out``.
 
     Two formulations compute the forward and these cotangents (``impl``; the reference is always
     ``lax.conv_general_dilated``). ``"xla"``: the two convolutions just described, which GPUs run
-    with cuDNN. ``"gemm"``: with ``take(xp, (p d, q d))`` the ``(N, Ho, Wo, C_in)`` slice holding
-    every window's element at kernel offset ``(p, q)`` (:mod:`manualgrad.ops.windows`),
+    with cuDNN. ``"gemm"``: with $\operatorname{take}(\tilde{x}, (p d, q d))$ the
+    ``(N, Ho, Wo, C_in)`` slice holding every window's element at kernel offset $(p, q)$
+    (``manualgrad.ops.windows``),
 
-    * ``y = sum_{p, q} take(xp, (p d, q d)) @ w[p, q]``: one GEMM per offset, an elementwise
-      multiply-add when ``C_in`` is 1;
-    * ``xp_bar = sum_{p, q} put(g @ w[p, q]^T, (p d, q d))`` (col2im: each offset's product sent back
-      to the positions it read), cropped to ``x_bar``;
-    * ``w_bar[p, q] = take(xp, (p d, q d))^T @ g`` for all offsets at once: one GEMM of the stacked
-      slices (im2col, ``KH KW C_in`` rows) with ``g``, batch and space folded into the contraction.
+    * $y = \sum_{p,q} \operatorname{take}(\tilde{x}, (p d, q d))\, w_{p,q}$: one GEMM per offset, an
+      elementwise multiply-add when ``C_in`` is 1;
+    * $\bar{\tilde{x}} = \sum_{p,q} \operatorname{put}(g\, w_{p,q}^\top, (p d, q d))$ (col2im: each
+      offset's product sent back to the positions it read), cropped to $\bar{x}$;
+    * $\bar{w}_{p,q} = \operatorname{take}(\tilde{x}, (p d, q d))^\top g$ for all offsets at once:
+      one GEMM of the stacked slices (im2col, ``KH KW C_in`` rows) with $g$, batch and space
+      folded into the contraction.
 
     With groups each product runs per group (an einsum with the group as a batch axis).
 
     ``"auto"`` (the default) chooses per backend with ``lax.platform_dependent``: xla on GPUs; on
     CPU gemm when each group has at most ``FEW_CHANNELS`` (4) input channels, else xla with the
     weight gradient's convolution summed over batch slices of ``WEIGHT_GRAD_CHUNK`` (64) examples
-    (``w_bar`` is a sum over the batch, so the slices' ``w_bar`` add up to it). Measured on the
+    ($\bar{w}$ is a sum over the batch, so the slices' $\bar{w}$ add up to it). Measured on the
     2-core CPU (BENCHMARKS.md, per-layer rows): for the MNIST CNN's first convolution (one input
     channel) XLA's convolutions run at 15-22 GFLOP/s, the gemm forward and weight gradient
     2.2-2.6x faster; with 32 input channels XLA's forward and input-gradient convolutions are as fast
@@ -268,7 +293,7 @@ def _grouped(a: jax.Array, groups: int) -> jax.Array:
 
 
 def _per_group(spec: str, a: jax.Array, b: jax.Array, groups: int) -> jax.Array:
-    """``einsum(spec, a, b)`` with the group axis ``g`` of :func:`_grouped` operands; with one group
+    """``einsum(spec, a, b)`` with the group axis ``g`` of ``_grouped`` operands; with one group
     the axis is left out, so XLA sees plain GEMMs (a size-1 batch axis costs it transposes)."""
     return jnp.einsum(spec if groups > 1 else spec.replace("g", ""), a, b)
 
@@ -308,7 +333,7 @@ def _gemm_backward(x: jax.Array, w: jax.Array, g: jax.Array, geo: _Geometry, gro
     return x_bar, w_bar
 
 
-#: the formulations of :func:`conv2d`'s forward and backward (``impl``)
+#: the formulations of [conv2d][manualgrad.ops.conv2d]'s forward and backward (``impl``)
 IMPLS = ("auto", "gemm", "xla")
 #: ``"auto"`` takes the gemm formulation on CPU up to this many input channels per group
 FEW_CHANNELS = 4

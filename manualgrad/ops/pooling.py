@@ -2,12 +2,11 @@
 
 Both backward rules walk the ``KH * KW`` offsets of the window (a static Python loop): for
 offset ``(p, q)`` the strided slice ``xp[:, p :: sh, q :: sw]`` of the padded input holds, for
-every window, the element at that offset (:func:`manualgrad.ops.windows.take`); its cotangent
+every window, the element at that offset (``manualgrad.ops.windows.take``); its cotangent
 contribution goes back to exactly those positions with ``lax.pad`` (``sh - 1`` zeros between
-rows, ``sw - 1`` between columns: :func:`~manualgrad.ops.windows.put`), and the padding is
-cropped at the end. The backward rules are jitted: called eagerly, their loop would
-otherwise dispatch (and compile, per shape) a few dozen tiny primitives; inside an outer ``jit``
-they are traced into it like any other function.
+rows, ``sw - 1`` between columns: ``put``), and the padding is cropped at the end. The backward
+rules are jitted: called eagerly, their loop would otherwise dispatch (and compile, per shape) a
+few dozen tiny primitives; inside an outer ``jit`` they are traced into it like any other function.
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ class _Window:
         return windows.take(xp, offset, self.strides, self.out)
 
     def put(self, v: jax.Array, offset: tuple[int, int]) -> jax.Array:
-        """The transpose of :meth:`take`: ``v`` at the strided positions of a zero padded input."""
+        """The transpose of ``take``: ``v`` at the strided positions of a zero padded input."""
         return windows.put(v, offset, self.strides, self.padded)
 
     def crop(self, xp_bar: jax.Array) -> jax.Array:
@@ -110,18 +109,26 @@ _MAX = "manualgrad.ops.max_pool2d"
 
 @defop(static=("window", "stride", "padding"), check=_check_pool(_MAX), examples=_pool_examples, smooth=False)
 def max_pool2d(x: jax.Array, window: Any, stride: Any = None, padding: int = 0) -> jax.Array:
-    """Max over each ``window`` (int or pair) of an NHWC ``x``, stepping by ``stride`` (default: the
-    window), after padding every side with ``padding`` rows/columns of ``-inf``.
+    r"""Max over each ``window`` (int or pair) of an NHWC ``x``, stepping by ``stride`` (default: the
+    window), after padding every side with ``padding`` rows/columns of $-\infty$.
 
-    Derivation. ``y[n, i, j, c] = max_{p, q} xp[n, i sh + p, j sw + q, c]``. The max is locally the
-    element that attains it, so ``dy/dxp`` is 1 at that element of the window and 0 elsewhere, and
-    ``xp_bar[a, b] = sum over the windows whose maximum sits at (a, b) of g``. With ties the whole
-    ``g`` goes to the first maximal element in row-major order (what ``jax.grad`` of
-    ``lax.reduce_window`` max and PyTorch do): the backward walks the offsets in that order, with
+    Derivation. With $\tilde{x}$ the padded input (``xp``) and $(s_h, s_w)$ the strides
+    (``sh``, ``sw``),
+
+    $$
+    y_{n,i,j,c} = \max_{p,q}\, \tilde{x}_{n,\, i s_h + p,\, j s_w + q,\, c} .
+    $$
+
+    The max is locally the element that attains it, so $\partial y / \partial \tilde{x}$ is 1 at
+    that element of the window and 0 elsewhere, and $\bar{\tilde{x}}_{a,b}$ is the sum of $g$ over
+    the windows whose maximum sits at $(a, b)$. With ties the whole $g$ goes to the first maximal
+    element in row-major order (what ``jax.grad`` of ``lax.reduce_window`` max and PyTorch do):
+    the backward walks the offsets in that order, with
     ``mask = (xp[., i sh + p, j sw + q, .] == y) & ~routed`` and ``routed |= mask``, and places
-    ``g * mask`` back at the offset's positions; ``x_bar`` is ``xp_bar`` with the padding cropped.
-    ``-inf`` padding never wins, since ``padding <= window / 2`` leaves an element of ``x`` in every
-    window. The derivative jumps where two elements trade places (``smooth=False``).
+    ``g * mask`` back at the offset's positions; $\bar{x}$ is $\bar{\tilde{x}}$ with the padding
+    cropped. $-\infty$ padding never wins, since ``padding <= window / 2`` leaves an element of
+    ``x`` in every window. The derivative jumps where two elements trade places
+    (``smooth=False``).
 
     Residuals: ``x`` and ``y``.
     """
@@ -158,17 +165,24 @@ _AVG = "manualgrad.ops.avg_pool2d"
 
 @defop(static=("window", "stride", "padding"), check=_check_pool(_AVG), examples=_pool_examples)
 def avg_pool2d(x: jax.Array, window: Any, stride: Any = None, padding: int = 0) -> jax.Array:
-    """Mean over each ``window`` (int or pair) of an NHWC ``x``, stepping by ``stride`` (default: the
+    r"""Mean over each ``window`` (int or pair) of an NHWC ``x``, stepping by ``stride`` (default: the
     window), after zero-padding every side with ``padding`` rows/columns. The zeros count: the divisor
     is always ``KH * KW`` (PyTorch's ``count_include_pad=True``).
 
-    Derivation. ``y[n, i, j, c] = sum_{p, q} xp[n, i sh + p, j sw + q, c] / (KH KW)`` is linear, each
-    ``xp`` element entering every window that covers it with weight ``1 / (KH KW)``, so
-    ``xp_bar[a, b] = sum over the windows covering (a, b) of g / (KH KW)``: for each offset ``(p, q)``,
-    ``g / (KH KW)`` placed at rows ``i sh + p`` and columns ``j sw + q``, summed over offsets (windows
-    overlap when the stride is smaller than the window); ``x_bar`` is ``xp_bar`` with the padding
-    cropped. Rows that no window reaches get 0. Residual: ``x``, of which only the static shape is
-    read; under ``jit`` no data of it is kept for the backward.
+    Derivation. With $\tilde{x}$ the padded input (``xp``), $(s_h, s_w)$ the strides and
+    $K_H \times K_W$ the window,
+
+    $$
+    y_{n,i,j,c} = \frac{1}{K_H K_W} \sum_{p,q} \tilde{x}_{n,\, i s_h + p,\, j s_w + q,\, c}
+    $$
+
+    is linear, each element of $\tilde{x}$ entering every window that covers it with weight
+    $1 / (K_H K_W)$, so $\bar{\tilde{x}}_{a,b}$ is the sum of $g / (K_H K_W)$ over the windows
+    covering $(a, b)$: for each offset $(p, q)$, $g / (K_H K_W)$ placed at rows $i s_h + p$ and
+    columns $j s_w + q$, summed over offsets (windows overlap when the stride is smaller than the
+    window); $\bar{x}$ is $\bar{\tilde{x}}$ with the padding cropped. Rows that no window reaches
+    get 0. Residual: ``x``, of which only the static shape is read; under ``jit`` no data of it
+    is kept for the backward.
     """
     geo = _Window(_AVG, np.shape(x), window, stride, padding)
     total = lax.reduce_window(x, 0.0, lax.add, **geo.dims())
