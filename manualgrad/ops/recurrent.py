@@ -1,20 +1,21 @@
-"""Recurrent sequence ops ``rnn``, ``lstm`` and ``gru`` with hand-written backpropagation through time.
+r"""Recurrent sequence ops ``rnn``, ``lstm`` and ``gru`` with hand-written backpropagation through time.
 
 ``jax.grad`` of a ``lax.scan`` over a step keeps every step's gate activations for the reverse
 pass and runs the input projection as one small product per step. Here, as in cuDNN and
 PyTorch's fused kernels:
 
-* the input product ``x @ wx`` is one product per block of :data:`BLOCK` steps (32), before
-  that block's loop, and its gradients ``x_bar`` and ``wx_bar`` one product each after the
-  block's backward loop (and so is ``wh_bar``, from the saved states); the bias is added step by
-  step, inside the cell;
+* the input product ``x @ wx`` is one product per block of
+  [BLOCK][manualgrad.ops.recurrent.BLOCK] steps (32), before that block's loop, and its
+  gradients $\bar{x}$ and $\bar{W}_x$ one product each after the block's backward loop (and so
+  is $\bar{W}_h$, from the saved states); the bias is added step by step, inside the cell;
 * the residuals are the inputs and the states entering each step (``h``, and ``c`` for the
-  LSTM): O(N T H), not O(N T 4H) of gates plus their activations. The backward recomputes each
-  block's ``x @ wx`` (one product) and each step's gates from its saved state, and overwrites the
-  block's product step by step with the gate cotangents ``ax_bar``, so one (N, BLOCK, G H)
-  buffer serves both and no (N, T, G H) array is ever held;
+  LSTM): $O(N T H)$, not $O(N T \cdot 4H)$ of gates plus their activations. The backward
+  recomputes each block's ``x @ wx`` (one product) and each step's gates from its saved state,
+  and overwrites the block's product step by step with the gate cotangents $\bar{a}_x$, so one
+  (N, BLOCK, G H) buffer serves both and no (N, T, G H) array is ever held;
 * the backward is one reverse loop over the cell's own hand-written step backward
-  (:class:`manualgrad.ops.recurrent_step.Cell`), shared by the three ops.
+  ([manualgrad.ops.recurrent_step.Cell][manualgrad.ops.recurrent_step.Cell]), shared by the
+  three ops.
 
 Sequences are batch-first, ``x`` (N, T, D), ``hs`` (N, T, H), and so are the loops' buffers (no
 transposes). ``lengths`` (N,) gives PyTorch's packed-sequence semantics; ``reverse=True`` runs
@@ -55,17 +56,19 @@ _LENGTHS = """``lengths`` (N,) integers in [0, T], a constant argument (PyTorch'
     direction of PyTorch's bidirectional layers); ``hs`` keeps the time order of ``x``. Under
     ``jit``, lengths outside [0, T] cannot be checked and act as clipped to it."""
 
-_BACKWARD = """Backward through time, one loop over the steps in the order opposite to the forward's.
-    The carry is the cotangent of the state after step t: at first the last state's cotangent;
-    each step adds ``hs_bar[:, t]`` to its ``h`` part, runs the cell's step backward (the step op's
-    derivation above, the gates recomputed from the saved state entering step t) and passes the
-    state's cotangent on to step t - 1. A step beyond a row's length is the identity on the
-    state, so there the carry passes through untouched and ``hs_bar`` (of a constant 0) is
-    dropped. The steps run in blocks of ``BLOCK``: a block recomputes its ``x @ wx``, each of its
-    steps' ``ax_bar`` replaces that step's product in the block's buffer, and after the block's
-    loop its ``x_bar = ax_bar wx^T`` is one product and ``wx_bar += x^T ax_bar``, ``wh_bar +=
-    h_prev^T ah_bar`` and the bias sums one product (or sum) each over the block's (N, BLOCK)
-    positions; ``h0_bar`` is the final carry."""
+_BACKWARD = r"""Backward through time, one loop over the steps in the order opposite to the forward's.
+    The carry is the cotangent of the state after step $t$: at first the last state's cotangent;
+    each step adds ``hs_bar[:, t]`` (the cotangent of ``hs[:, t]``) to its $h$ part, runs the
+    cell's step backward (the step op's derivation, the gates recomputed from the saved state
+    entering step $t$) and passes the state's cotangent on to step $t - 1$. A step beyond a row's
+    length is the identity on the state, so there the carry passes through untouched and
+    ``hs_bar`` (of a constant 0) is dropped. The steps run in blocks of ``BLOCK``: a block
+    recomputes its ``x @ wx``, each of its steps' $\bar{a}_x$ replaces that step's product in the
+    block's buffer, and after the block's loop its $\bar{x} = \bar{a}_x W_x^\top$ is one product
+    and $\bar{W}_x \leftarrow \bar{W}_x + x^\top \bar{a}_x$,
+    $\bar{W}_h \leftarrow \bar{W}_h + h_{\text{prev}}^\top \bar{a}_h$ and the bias sums one
+    product (or sum) each over the block's (N, BLOCK) positions ($h_{\text{prev}}$ the states
+    entering the block's steps); $\bar{h}_0$ is the final carry."""
 
 
 def _valid(lengths: Any, steps: int) -> Any:
@@ -116,7 +119,7 @@ BLOCK = 32
 
 
 def _blocks(steps: int, reverse: bool, block: Callable[[Any, int, Any], Any], carry: Any) -> Any:
-    """``block(start, size, carry) -> carry`` over blocks of :data:`BLOCK` steps covering ``range(steps)``
+    """``block(start, size, carry) -> carry`` over blocks of ``BLOCK`` steps covering ``range(steps)``
     (a shorter last block holds the remainder), in time order, or from the last block back when
     ``reverse``. Full blocks run in a loop (``start`` traced, ``size`` static); the remainder once."""
     full, rest = divmod(steps, BLOCK)
@@ -264,14 +267,14 @@ def _check_rnn(
 def rnn(
     x: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, b: jax.Array, lengths: Any = None, reverse: bool = False
 ) -> tuple[jax.Array, jax.Array]:
-    """The Elman RNN over a sequence: ``(hs, h_last)``, ``hs[:, t] = tanh(x[:, t] @ wx + h @ wh + b)``
-    (:func:`~manualgrad.ops.rnn_step` along T); ``x`` (N, T, D), ``h0`` (N, H), ``wx`` (D, H),
+    r"""The Elman RNN over a sequence: ``(hs, h_last)``, ``hs[:, t] = tanh(x[:, t] @ wx + h @ wh + b)``
+    ([rnn_step][manualgrad.ops.rnn_step] along T); ``x`` (N, T, D), ``h0`` (N, H), ``wx`` (D, H),
     ``wh`` (H, H), ``b`` (H,), ``hs`` (N, T, H). PyTorch's ``nn.RNN(batch_first=True)`` with
     ``weight_ih_l0 = wx.T``, ``weight_hh_l0 = wh.T``, ``bias_ih_l0 = b``, ``bias_hh_l0 = 0``.
 
     {lengths}
 
-    {backward} Here ``ah_bar = ax_bar = a_bar``.
+    {backward} Here $\bar a_h = \bar a_x = \bar a$.
     """
     hs, (h,) = reference_scan(rnn_step.reference, x, (h0,), (wx, wh, b), lengths, reverse)
     return hs, h
@@ -307,15 +310,15 @@ def lstm(
     x: jax.Array, h0: jax.Array, c0: jax.Array, wx: jax.Array, wh: jax.Array, b: jax.Array, lengths: Any = None,
     reverse: bool = False,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """The LSTM over a sequence: ``(hs, (h_last, c_last))``, :func:`~manualgrad.ops.lstm_step`
+    r"""The LSTM over a sequence: ``(hs, (h_last, c_last))``, [lstm_step][manualgrad.ops.lstm_step]
     along T (gates in PyTorch's order (i, f, g, o)); ``x`` (N, T, D), ``h0``, ``c0`` (N, H), ``wx``
     (D, 4H), ``wh`` (H, 4H), ``b`` (4H,), ``hs`` (N, T, H). PyTorch's ``nn.LSTM(batch_first=True)``
     with ``weight_ih_l0 = wx.T``, ``weight_hh_l0 = wh.T``, ``bias_ih_l0 = b``, ``bias_hh_l0 = 0``.
 
     {lengths}
 
-    {backward} The carry is ``(h_bar, c_bar)``; ``ah_bar = ax_bar = a_bar``. Residuals: ``x``
-    and the ``h`` and ``c`` entering each step.
+    {backward} The carry is $(\bar h, \bar c)$; $\bar a_h = \bar a_x = \bar a$. Residuals:
+    ``x`` and the ``h`` and ``c`` entering each step.
     """
     hs, (h, c) = reference_scan(lstm_step.reference, x, (h0, c0), (wx, wh, b), lengths, reverse)
     return hs, (h, c)
@@ -352,15 +355,15 @@ def gru(
     x: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, bx: jax.Array, bh: jax.Array, lengths: Any = None,
     reverse: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-    """The GRU over a sequence: ``(hs, h_last)``, :func:`~manualgrad.ops.gru_step` along T (gates in
+    r"""The GRU over a sequence: ``(hs, h_last)``, [gru_step][manualgrad.ops.gru_step] along T (gates in
     PyTorch's order (r, z, n)); ``x`` (N, T, D), ``h0`` (N, H), ``wx`` (D, 3H), ``wh`` (H, 3H),
     ``bx``, ``bh`` (3H,), ``hs`` (N, T, H). PyTorch's ``nn.GRU(batch_first=True)`` with
     ``weight_ih_l0 = wx.T``, ``weight_hh_l0 = wh.T``, ``bias_ih_l0 = bx``, ``bias_hh_l0 = bh``.
 
     {lengths}
 
-    {backward} The scan emits ``ax_bar`` and ``ah_bar`` (they differ in the n block), and
-    ``bh_bar`` is the sum of ``ah_bar``.
+    {backward} The scan emits $\bar a_x$ and $\bar a_h$ (they differ in the n block), and
+    $\bar b_h$ is the sum of $\bar a_h$.
     """
     hs, (h,) = reference_scan(gru_step.reference, x, (h0,), (wx, wh, bx, bh), lengths, reverse)
     return hs, h

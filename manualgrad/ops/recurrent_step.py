@@ -1,9 +1,10 @@
 """Recurrent cells, one step each: the Elman RNN, the LSTM and the GRU, with hand-written VJPs.
 
-Each cell is written once as a :class:`Cell`: its forward from the step's input projection
-``ax = x @ wx + bx`` and the previous state, and its backward, which recomputes the gates from
-the same inputs. The step ops here (``rnn_step``, ``lstm_step``, ``gru_step``) and the sequence
-ops of :mod:`manualgrad.ops.recurrent` share these cells, the projection and its gradients.
+Each cell is written once as a [Cell][manualgrad.ops.recurrent_step.Cell]: its forward from the
+step's input projection ``ax = x @ wx + bx`` and the previous state, and its backward, which
+recomputes the gates from the same inputs. The step ops here (``rnn_step``, ``lstm_step``,
+``gru_step``) and the sequence ops of [manualgrad.ops.recurrent][manualgrad.ops.recurrent] share
+these cells, the projection and its gradients.
 
 Weights are stored as PyTorch stores them, transposed: ``wx`` (D, G H) is ``weight_ih.T`` and
 ``wh`` (H, G H) is ``weight_hh.T``, with the G gate blocks in PyTorch's order (LSTM (i, f, g, o),
@@ -193,16 +194,24 @@ def _rnn_step_examples(rng: np.random.Generator) -> list[Example]:
 
 @defop(check=_check_rnn_step, examples=_rnn_step_examples)
 def rnn_step(x: jax.Array, h: jax.Array, wx: jax.Array, wh: jax.Array, b: jax.Array) -> jax.Array:
-    """One step of the Elman RNN: ``next_h = tanh(x @ wx + h @ wh + b)``; ``x`` (N, D), ``h`` (N, H),
+    r"""One step of the Elman RNN: ``next_h = tanh(x @ wx + h @ wh + b)``; ``x`` (N, D), ``h`` (N, H),
     ``wx`` (D, H), ``wh`` (H, H), ``b`` (H,). CS231n's ``rnn_step_forward`` (its ``prev_h``, ``Wx``,
     ``Wh``); PyTorch's ``nn.RNNCell`` with ``weight_ih = wx.T``, ``weight_hh = wh.T`` and
     ``bias_ih + bias_hh = b``.
 
-    Derivation. ``a = x Wx + prev_h Wh + b`` and ``next_h = tanh(a)``. With ``g = next_h_bar``:
+    Derivation. With $W_x$ = ``wx``, $W_h$ = ``wh``, $h_{\text{prev}}$ = ``h`` and
+    $h_{\text{next}}$ the output,
 
-    * ``a_bar = g * (1 - next_h**2)`` (CS231n's ``dtanh``: ``tanh' = 1 - tanh**2``);
-    * ``x_bar = a_bar Wx^T``, ``h_bar = a_bar Wh^T`` (``dprev_h``);
-    * ``wx_bar = x^T a_bar``, ``wh_bar = prev_h^T a_bar``, ``b_bar = sum_n a_bar``.
+    $$
+    a = x W_x + h_{\text{prev}} W_h + b, \qquad h_{\text{next}} = \tanh(a).
+    $$
+
+    With $g = \bar{h}_{\text{next}}$:
+
+    * $\bar{a} = g \odot (1 - h_{\text{next}}^2)$ (CS231n's ``dtanh``: $\tanh' = 1 - \tanh^2$);
+    * $\bar{x} = \bar{a} W_x^\top$, $\bar{h}_{\text{prev}} = \bar{a} W_h^\top$ (``dprev_h``);
+    * $\bar{W}_x = x^\top \bar{a}$, $\bar{W}_h = h_{\text{prev}}^\top \bar{a}$,
+      $\bar{b} = \sum_{\text{rows}} \bar{a}$.
 
     Residuals: the inputs; ``next_h`` is recomputed in the backward (one product), which is what
     lets the sequence op keep only the states.
@@ -236,27 +245,41 @@ def _lstm_step_examples(rng: np.random.Generator) -> list[Example]:
 def lstm_step(
     x: jax.Array, h: jax.Array, c: jax.Array, wx: jax.Array, wh: jax.Array, b: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """One LSTM step: ``(next_h, next_c)``; ``x`` (N, D), ``h``, ``c`` (N, H), ``wx`` (D, 4H),
+    r"""One LSTM step: ``(next_h, next_c)``; ``x`` (N, D), ``h``, ``c`` (N, H), ``wx`` (D, 4H),
     ``wh`` (H, 4H), ``b`` (4H,).
 
-    ``a = x Wx + prev_h Wh + b`` is split into four (N, H) blocks in **PyTorch's order (i, f, g,
-    o)**; CS231n's ``lstm_step_forward`` orders them (i, f, o, g), so its ``Wx`` is ours with the
-    last two column blocks swapped. ``i = sigmoid(a_i)``, ``f = sigmoid(a_f)``, ``o =
-    sigmoid(a_o)``, ``g = tanh(a_g)``; ``next_c = f * prev_c + i * g``, ``next_h = o *
-    tanh(next_c)``. PyTorch's ``nn.LSTMCell``: ``weight_ih = wx.T``, ``weight_hh = wh.T``,
+    With $W_x$ = ``wx``, $W_h$ = ``wh`` and the previous state $h_{\text{prev}}$ = ``h``,
+    $c_{\text{prev}}$ = ``c``, $a = x W_x + h_{\text{prev}} W_h + b$ is split into four (N, H)
+    blocks in **PyTorch's order (i, f, g, o)**; CS231n's ``lstm_step_forward`` orders them
+    (i, f, o, g), so its ``Wx`` is ours with the last two column blocks swapped. Then
+
+    $$
+    i = \sigma(a_i), \quad f = \sigma(a_f), \quad o = \sigma(a_o), \quad g = \tanh(a_g),
+    $$
+
+    $$
+    c_{\text{next}} = f \odot c_{\text{prev}} + i \odot g, \qquad
+    h_{\text{next}} = o \odot \tanh(c_{\text{next}}).
+    $$
+
+    PyTorch's ``nn.LSTMCell``: ``weight_ih = wx.T``, ``weight_hh = wh.T``,
     ``bias_ih + bias_hh = b``.
 
-    Derivation. With ``next_h_bar`` and ``next_c_bar`` the cotangents of the two outputs:
+    Derivation. With $\bar{h}_{\text{next}}$ and $\bar{c}_{\text{next}}$ the cotangents of the two
+    outputs:
 
-    * ``next_h`` depends on ``next_c`` too, so ``next_c``'s total cotangent is
-      ``c_bar = next_c_bar + next_h_bar * o * (1 - tanh(next_c)**2)``;
-    * ``o_bar = next_h_bar * tanh(next_c)``, ``f_bar = c_bar * prev_c``, ``i_bar = c_bar * g``,
-      ``g_bar = c_bar * i``, and ``prev_c_bar = c_bar * f``;
-    * through the nonlinearities (``sigmoid' = s (1 - s)``, ``tanh' = 1 - tanh**2``):
-      ``a_i_bar = i_bar i (1 - i)``, ``a_f_bar = f_bar f (1 - f)``, ``a_g_bar = g_bar (1 - g**2)``,
-      ``a_o_bar = o_bar o (1 - o)``, stacked in the order (i, f, g, o) as ``a_bar``;
-    * then as for the RNN step: ``x_bar = a_bar Wx^T``, ``prev_h_bar = a_bar Wh^T``,
-      ``wx_bar = x^T a_bar``, ``wh_bar = prev_h^T a_bar``, ``b_bar = sum_n a_bar``.
+    * $h_{\text{next}}$ depends on $c_{\text{next}}$ too, so $c_{\text{next}}$'s total cotangent is
+      $\bar{c} = \bar{c}_{\text{next}} + \bar{h}_{\text{next}} \odot o \odot (1 - \tanh^2(c_{\text{next}}))$;
+    * $\bar{o} = \bar{h}_{\text{next}} \odot \tanh(c_{\text{next}})$,
+      $\bar{f} = \bar{c} \odot c_{\text{prev}}$, $\bar{i} = \bar{c} \odot g$,
+      $\bar{g} = \bar{c} \odot i$, and $\bar{c}_{\text{prev}} = \bar{c} \odot f$;
+    * through the nonlinearities ($\sigma' = \sigma (1 - \sigma)$, $\tanh' = 1 - \tanh^2$):
+      $\bar{a}_i = \bar{i} \odot i \odot (1 - i)$, $\bar{a}_f = \bar{f} \odot f \odot (1 - f)$,
+      $\bar{a}_g = \bar{g} \odot (1 - g^2)$, $\bar{a}_o = \bar{o} \odot o \odot (1 - o)$, stacked
+      in the order (i, f, g, o) as $\bar{a}$;
+    * then as for the RNN step: $\bar{x} = \bar{a} W_x^\top$,
+      $\bar{h}_{\text{prev}} = \bar{a} W_h^\top$, $\bar{W}_x = x^\top \bar{a}$,
+      $\bar{W}_h = h_{\text{prev}}^\top \bar{a}$, $\bar{b} = \sum_{\text{rows}} \bar{a}$.
 
     Residuals: the inputs; the gates are recomputed in the backward.
     """
@@ -288,25 +311,41 @@ def _gru_step_examples(rng: np.random.Generator) -> list[Example]:
 
 @defop(check=_check_gru_step, examples=_gru_step_examples)
 def gru_step(x: jax.Array, h: jax.Array, wx: jax.Array, wh: jax.Array, bx: jax.Array, bh: jax.Array) -> jax.Array:
-    """One GRU step, PyTorch's ``nn.GRUCell``: ``x`` (N, D), ``h`` (N, H), ``wx`` (D, 3H), ``wh``
+    r"""One GRU step, PyTorch's ``nn.GRUCell``: ``x`` (N, D), ``h`` (N, H), ``wx`` (D, 3H), ``wh``
     (H, 3H), ``bx``, ``bh`` (3H,) (``weight_ih = wx.T``, ``weight_hh = wh.T``, ``bias_ih = bx``,
     ``bias_hh = bh``).
 
-    ``ax = x Wx + bx`` and ``ah = prev_h Wh + bh`` are split in PyTorch's order (r, z, n):
-    ``r = sigmoid(ax_r + ah_r)``, ``z = sigmoid(ax_z + ah_z)``, ``n = tanh(ax_n + r * ah_n)``,
-    ``next_h = (1 - z) * n + z * prev_h``. The reset gate multiplies ``ah_n = prev_h Wh_n + bh_n``
-    (PyTorch, cuDNN), not ``prev_h`` before the product as in Cho et al. (2014); that is why the
-    GRU keeps two biases (``bh_n`` sits inside the reset) where the RNN and LSTM need one.
+    With $W_x$ = ``wx``, $W_h$ = ``wh``, $b_x$ = ``bx``, $b_h$ = ``bh`` and $h_{\text{prev}}$ =
+    ``h``, $a_x = x W_x + b_x$ and $a_h = h_{\text{prev}} W_h + b_h$ are split in PyTorch's order
+    (r, z, n):
 
-    Derivation. With ``g = next_h_bar``:
+    $$
+    r = \sigma(a_{x,r} + a_{h,r}), \quad z = \sigma(a_{x,z} + a_{h,z}), \quad
+    n = \tanh(a_{x,n} + r \odot a_{h,n}),
+    $$
 
-    * ``n_bar = g (1 - z)``, ``z_bar = g (prev_h - n)``, and the direct path ``g z`` to ``prev_h``;
-    * ``a_n_bar = n_bar (1 - n**2)`` (the pre-activation of ``n``), ``a_z_bar = z_bar z (1 - z)``,
-      ``r_bar = a_n_bar * ah_n``, ``a_r_bar = r_bar r (1 - r)``;
-    * ``ax_bar = [a_r_bar, a_z_bar, a_n_bar]`` and ``ah_bar = [a_r_bar, a_z_bar, a_n_bar * r]``:
-      the two projections differ in the n block, where ``r`` scales only ``ah_n``;
-    * ``x_bar = ax_bar Wx^T``, ``wx_bar = x^T ax_bar``, ``bx_bar = sum_n ax_bar``;
-      ``wh_bar = prev_h^T ah_bar``, ``bh_bar = sum_n ah_bar``; ``prev_h_bar = g z + ah_bar Wh^T``.
+    $$
+    h_{\text{next}} = (1 - z) \odot n + z \odot h_{\text{prev}}.
+    $$
+
+    The reset gate multiplies $a_{h,n} = h_{\text{prev}} W_{h,n} + b_{h,n}$ (PyTorch, cuDNN), not
+    $h_{\text{prev}}$ before the product as in Cho et al. (2014); that is why the GRU keeps two
+    biases ($b_{h,n}$ sits inside the reset) where the RNN and LSTM need one.
+
+    Derivation. With $g = \bar{h}_{\text{next}}$:
+
+    * $\bar{n} = g \odot (1 - z)$, $\bar{z} = g \odot (h_{\text{prev}} - n)$, and the direct path
+      $g \odot z$ to $h_{\text{prev}}$;
+    * $\bar{a}_n = \bar{n} \odot (1 - n^2)$ (the pre-activation of $n$),
+      $\bar{a}_z = \bar{z} \odot z \odot (1 - z)$, $\bar{r} = \bar{a}_n \odot a_{h,n}$,
+      $\bar{a}_r = \bar{r} \odot r \odot (1 - r)$;
+    * $\bar{a}_x = [\bar{a}_r, \bar{a}_z, \bar{a}_n]$ and
+      $\bar{a}_h = [\bar{a}_r, \bar{a}_z, \bar{a}_n \odot r]$: the two projections differ in the
+      n block, where $r$ scales only $a_{h,n}$;
+    * $\bar{x} = \bar{a}_x W_x^\top$, $\bar{W}_x = x^\top \bar{a}_x$,
+      $\bar{b}_x = \sum_{\text{rows}} \bar{a}_x$; $\bar{W}_h = h_{\text{prev}}^\top \bar{a}_h$,
+      $\bar{b}_h = \sum_{\text{rows}} \bar{a}_h$;
+      $\bar{h}_{\text{prev}} = g \odot z + \bar{a}_h W_h^\top$.
 
     Residuals: the inputs; the gates are recomputed in the backward.
     """
