@@ -3,15 +3,17 @@
 For a language model with a real vocabulary the logits ``x @ w + b`` are the largest array of a
 training step (8192 positions x 32768 tokens is 1 GiB in float32), and ``jax.grad`` of
 ``softmax_cross_entropy(ops.linear(x, w, b), labels)`` keeps them and their gradient.
-:func:`linear_softmax_cross_entropy` computes the same loss and its gradients a block of rows at a
-time (Liger-Kernel's fused linear cross-entropy; Cut Cross-Entropy, Wijmans et al. 2024, recomputes
-instead: see the op's docstring for why this one does not).
+[linear_softmax_cross_entropy][manualgrad.losses.linear_softmax_cross_entropy] computes the same
+loss and its gradients a block of rows at a time (Liger-Kernel's fused linear cross-entropy; Cut
+Cross-Entropy, Wijmans et al. 2024, recomputes instead: see the op's docstring for why this one
+does not).
 
-:func:`head_cross_entropy` is the same op for a model whose last layer is
-:func:`manualgrad.nn.LinearCrossEntropyHead`: that layer outputs the triple ``(x, w, b)`` (its input
-and its own params) and leaves the product to the loss, so the loss keeps the ``loss(prediction,
-target)`` form that ``train.fit``, ``backprop.value_and_grad`` and ``check.check_model`` call.
-Both are re-exported by :mod:`manualgrad.losses`.
+[head_cross_entropy][manualgrad.losses.head_cross_entropy] is the same op for a model whose last
+layer is [manualgrad.nn.LinearCrossEntropyHead][manualgrad.nn.LinearCrossEntropyHead]: that layer
+outputs the triple ``(x, w, b)`` (its input and its own params) and leaves the product to the
+loss, so the loss keeps the ``loss(prediction, target)`` form that ``train.fit``,
+``backprop.value_and_grad`` and ``check.check_model`` call. Both are re-exported by
+[manualgrad.losses][manualgrad.losses].
 """
 
 from __future__ import annotations
@@ -74,32 +76,45 @@ def linear_softmax_cross_entropy(
     ``b`` (V,), ``labels`` integer class ids of shape ``x.shape[:-1]`` (a constant argument); the mean
     runs over every leading position. ``chunk`` (static): rows per block.
 
-    Out-of-range ids behave as in :func:`manualgrad.losses.softmax_cross_entropy`: concrete labels
-    outside ``[0, V)`` are a ``ValueError``; under ``jit`` their rows' loss and gradient are NaN
-    (and so are the loss, ``w_bar`` and ``b_bar``, which sum over every row).
+    Out-of-range ids behave as in
+    [manualgrad.losses.softmax_cross_entropy][manualgrad.losses.softmax_cross_entropy]: concrete
+    labels outside ``[0, V)`` are a ``ValueError``; under ``jit`` their rows' loss and gradient are
+    NaN (and so are the loss, $\bar{w}$ and $\bar{b}$, which sum over every row).
 
-    Derivation. Per row, ``z = x w + b``, ``l = logsumexp(z) - z_y`` evaluated as ``log(sum_j
-    exp(z_j - m)) - (z_y - m)`` with ``m = max(z)``, so logits of 1e4 give a finite loss; the mean
-    is ``L = (1/n) sum_rows l``. As in ``softmax_cross_entropy``, ``dL/dz = d = (p - onehot(y)) / n``
-    with ``p = softmax(z) = exp(z - m) / sum_j exp(z_j - m)``. Then the linear layer's rule, with
-    upstream ``g``:
+    Derivation. Per row, $z = x w + b$ and $l = \operatorname{logsumexp}(z) - z_y$, evaluated as
 
-    * ``x_bar = g d w^T``, row by row: a block of rows needs only its own ``d``;
-    * ``w_bar = g x^T d = g sum_blocks x_B^T d_B`` and ``b_bar = g sum_rows d``: sums over
-      blocks, accumulated as the blocks go (``lax.scan`` carries).
+    $$
+    l = \log \sum_j \exp(z_j - m) - (z_y - m), \qquad m = \max(z),
+    $$
 
-    Memory and time. ``d`` for a block of ``chunk`` rows needs that block's logits and the full
+    so logits of $10^4$ give a finite loss; the mean is $L = \frac{1}{n} \sum_{\text{rows}} l$. As
+    in ``softmax_cross_entropy``,
+
+    $$
+    \frac{\partial L}{\partial z} = d = \frac{p - \operatorname{onehot}(y)}{n}, \qquad
+    p = \operatorname{softmax}(z) = \frac{\exp(z - m)}{\sum_j \exp(z_j - m)} .
+    $$
+
+    Then the linear layer's rule, with upstream $g$:
+
+    * $\bar{x} = g\, d\, w^\top$, row by row: a block of rows needs only its own $d$;
+    * $\bar{w} = g\, x^\top d = g \sum_B x_B^\top d_B$ (a sum over the blocks $B$) and
+      $\bar{b} = g \sum_{\text{rows}} d$: sums over blocks, accumulated as the blocks go
+      (``lax.scan`` carries).
+
+    Memory and time. $d$ for a block of ``chunk`` rows needs that block's logits and the full
     vocabulary (its softmax), so the blocks are of rows and no (n, V) array exists. Where the
     gradient is formed is a choice between two published schemes: Cut Cross-Entropy keeps ``x, w,
     b, labels`` and each row's log-sum-exp and recomputes every block's logits in the backward
-    (four (n, D, V) products: ``z`` twice, ``x_bar``, ``w_bar``); Liger-Kernel forms ``d`` and the
-    three gradients for ``g = 1`` in the forward pass and the backward scales them by ``g`` (three
+    (four (n, D, V) products: $z$ twice, $\bar{x}$, $\bar{w}$); Liger-Kernel forms $d$ and the
+    three gradients for $g = 1$ in the forward pass and the backward scales them by $g$ (three
     products, as many as the unfused composition). Both hold O(chunk x V) at a time. On a 2-core
     CPU at n = 8192, D = 256, V = 8192 the recomputing backward took 1.35-1.6x the time of
     ``jax.grad`` of the composition and the forward-gradient scheme 0.9x, so this op keeps the
-    gradients: residuals ``x_bar, w_bar, b_bar`` for ``g = 1`` (the sizes of ``x, w, b``), and
-    ``bwd`` is ``(g x_bar, g w_bar, g b_bar)``. Under ``jit`` a call that is not differentiated
-    drops the gradient work (XLA removes the unused scan outputs), so evaluation costs one product.
+    gradients: residuals $\bar{x}, \bar{w}, \bar{b}$ for $g = 1$ (the sizes of ``x, w, b``), and
+    ``bwd`` is $(g\, \bar{x},\ g\, \bar{w},\ g\, \bar{b})$. Under ``jit`` a call that is not
+    differentiated drops the gradient work (XLA removes the unused scan outputs), so evaluation
+    costs one product.
     """
     z = x @ w + b
     s = z - lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
@@ -175,12 +190,13 @@ def _head_examples(rng: np.random.Generator) -> list[Example]:
 
 @defop(name=_HEAD, static=("chunk",), constant=("labels",), check=_check_head, examples=_head_examples)
 def head_cross_entropy(head: tuple, labels: jax.Array, chunk: int = CHUNK) -> jax.Array:
-    """:func:`linear_softmax_cross_entropy` ``(x, w, b, labels, chunk)`` of ``head = (x, w, b)``, the
-    output of :func:`manualgrad.nn.LinearCrossEntropyHead`: a loss of the ``(prediction, target)``
-    form for ``fit``, the explicit pass and ``check_model``.
+    r"""[linear_softmax_cross_entropy][manualgrad.losses.linear_softmax_cross_entropy]
+    ``(x, w, b, labels, chunk)`` of ``head = (x, w, b)``, the output of
+    [manualgrad.nn.LinearCrossEntropyHead][manualgrad.nn.LinearCrossEntropyHead]: a loss of the
+    ``(prediction, target)`` form for ``fit``, the explicit pass and ``check_model``.
 
-    Backward: that op's, ``head_bar = (x_bar, w_bar, b_bar)``; the head layer hands ``x_bar`` on as
-    its input's cotangent and ``w_bar, b_bar`` as its params'.
+    Backward: that op's, $\overline{\mathrm{head}} = (\bar{x}, \bar{w}, \bar{b})$; the head layer
+    hands $\bar{x}$ on as its input's cotangent and $\bar{w}, \bar{b}$ as its params'.
     """
     return linear_softmax_cross_entropy.reference(*head, labels)
 

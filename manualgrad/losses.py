@@ -10,8 +10,9 @@ Values are not checked under ``jit`` (they are unknown while tracing):
 
 * non-finite predictions or targets give a non-finite loss and gradient
   (nothing is clipped), so a training loop can detect them.
-* out-of-range class ids (``< 0`` or ``>= C``) in :func:`softmax_cross_entropy`
-  make that example's loss and gradient ``NaN`` (never a quietly wrong number);
+* out-of-range class ids (``< 0`` or ``>= C``) in
+  [softmax_cross_entropy][manualgrad.losses.softmax_cross_entropy] make that example's loss
+  and gradient ``NaN`` (never a quietly wrong number);
   called outside ``jit`` with concrete labels, it raises ``ValueError`` instead.
 """
 
@@ -57,10 +58,11 @@ def _regression_examples(rng: np.random.Generator) -> list[Example]:
 # -- mse -----------------------------------------------------------------------
 @defop(constant=("target",), check=_same_shape("manualgrad.losses.mse"), examples=_regression_examples)
 def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean squared error over all ``n`` elements: ``L = (1/n) sum (pred - target)**2``.
+    r"""Mean squared error over all $n$ elements: $L = \frac{1}{n} \sum (p - t)^2$, with $p$ = ``pred``
+    and $t$ = ``target``.
 
-    ``dL/dpred = (2/n) (pred - target)``; with upstream ``g``: ``pred_bar = 2 g d / n``
-    where ``d = pred - target``. Residual: ``d``.
+    $\partial L / \partial p = \frac{2}{n} (p - t)$; with upstream $g$: $\bar{p} = 2 g\, d / n$
+    where $d = p - t$. Residual: $d$.
     """
     return jnp.mean((pred - lax.stop_gradient(target)) ** 2)
 
@@ -81,10 +83,10 @@ mse.defvjp(mse_fwd, mse_bwd)
 # -- sse -----------------------------------------------------------------------
 @defop(constant=("target",), check=_same_shape("manualgrad.losses.sse"), examples=_regression_examples)
 def sse(pred: jax.Array, target: jax.Array) -> jax.Array:
-    """Sum of squared errors: ``L = sum (pred - target)**2``.
+    r"""Sum of squared errors: $L = \sum (p - t)^2$, with $p$ = ``pred`` and $t$ = ``target``.
 
-    ``dL/dpred = 2 (pred - target)``, so ``pred_bar = 2 g d`` with ``d = pred - target``.
-    Residual: ``d``.
+    $\partial L / \partial p = 2 (p - t)$, so $\bar{p} = 2 g\, d$ with $d = p - t$.
+    Residual: $d$.
     """
     return jnp.sum((pred - lax.stop_gradient(target)) ** 2)
 
@@ -159,21 +161,32 @@ def _class_ids(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Arr
 
 @defop(constant=("labels",), check=_check_cross_entropy, examples=_cross_entropy_examples)
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Softmax followed by cross-entropy, fused, averaged over the ``m`` rows (every axis
+    r"""Softmax followed by cross-entropy, fused, averaged over the $m$ rows (every axis
     but the last, the class axis).
 
-    With ``p = softmax(z)`` and target distribution ``y`` (one-hot of an integer class id,
-    or given probabilities): ``L = -(1/m) sum_rows sum_c y_c log p_c``, where
-    ``log p_c = z_c - logsumexp(z)`` is evaluated on ``z - max(z)`` so logits of +-1e4 give
-    a finite loss.
+    With $z$ = ``logits``, $p = \operatorname{softmax}(z)$ and target distribution $y$ (one-hot
+    of an integer class id, or given probabilities):
 
-    Derivation, for one row: ``-sum_c y_c log p_c = (sum_c y_c) logsumexp(z) - sum_c y_c z_c``
-    and ``d logsumexp(z)/dz_j = p_j``, so ``dL/dz_j = (p_j sum_c y_c - y_j) / m``, which is
-    ``(p - y) / m`` for a distribution ``y`` (one-hot or probabilities summing to one). This is
-    ``(S - Y) / m``, not the ``S - Y / m`` of seed 002's eq. (4.8).
+    $$
+    L = -\frac{1}{m} \sum_{\text{rows}} \sum_c y_c \log p_c ,
+    $$
+
+    where $\log p_c = z_c - \operatorname{logsumexp}(z)$ is evaluated on $z - \max(z)$ so logits
+    of $\pm 10^4$ give a finite loss.
+
+    Derivation, for one row:
+    $-\sum_c y_c \log p_c = \big(\sum_c y_c\big) \operatorname{logsumexp}(z) - \sum_c y_c z_c$
+    and $\partial \operatorname{logsumexp}(z) / \partial z_j = p_j$, so
+
+    $$
+    \frac{\partial L}{\partial z_j} = \frac{1}{m} \Big(p_j \sum_c y_c - y_j\Big),
+    $$
+
+    which is $(p - y) / m$ for a distribution $y$ (one-hot or probabilities summing to one). This
+    is $(S - Y) / m$, not the $S - Y / m$ of seed 002's eq. (4.8).
 
     The fused backward needs no softmax Jacobian: the forward already forms
-    ``d = (p sum(y) - y) / m`` and the backward is ``logits_bar = g * d``. Residual: ``d``.
+    $d = \big(p \sum_c y_c - y\big) / m$ and the backward is $\bar{z} = g\, d$. Residual: $d$.
     Out-of-range integer ids give ``NaN`` for their row's loss and gradient.
     """
     log_p, _ = _log_softmax_and_probs(logits)
@@ -218,14 +231,18 @@ def _binary_examples(rng: np.random.Generator) -> list[Example]:
     examples=_binary_examples,
 )
 def binary_cross_entropy_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Sigmoid followed by binary cross-entropy, fused and averaged over all ``n`` elements.
+    r"""Sigmoid followed by binary cross-entropy, fused and averaged over all $n$ elements.
 
-    With ``p = sigmoid(z)`` and targets ``t`` in [0, 1]:
-    ``l = -t log p - (1 - t) log(1 - p) = softplus(z) - t z``, and
-    ``softplus(z) = max(z, 0) + log1p(exp(-|z|))`` never overflows.
-    ``dl/dz = sigmoid(z) - t``, the familiar ``(1 - t)/(1 - p) - t/p`` of seed 003 times
-    ``dp/dz = p (1 - p)``. So ``logits_bar = g (sigmoid(z) - t) / n``. Residual: that
-    difference ``sigmoid(z) - t``.
+    With $z$ = ``logits``, $p = \sigma(z)$ and targets $t \in [0, 1]$ (``targets``):
+
+    $$
+    l = -t \log p - (1 - t) \log(1 - p) = \operatorname{softplus}(z) - t z ,
+    $$
+
+    and $\operatorname{softplus}(z) = \max(z, 0) + \log(1 + e^{-|z|})$, computed with ``log1p``,
+    never overflows. $\partial l / \partial z = \sigma(z) - t$, the familiar
+    $(1 - t)/(1 - p) - t/p$ of seed 003 times $\partial p / \partial z = p (1 - p)$. So
+    $\bar{z} = g\, (\sigma(z) - t) / n$. Residual: that difference $\sigma(z) - t$.
     """
     t = lax.stop_gradient(targets)
     return jnp.mean(jnp.maximum(logits, 0.0) - logits * t + jnp.log1p(jnp.exp(-jnp.abs(logits))))
@@ -245,10 +262,11 @@ binary_cross_entropy_with_logits.defvjp(binary_cross_entropy_with_logits_fwd, bi
 
 # -- combinators ----------------------------------------------------------------
 def scaled(loss: Op, factor: float) -> Op:
-    """``factor * loss(pred, target)`` as an op of its own.
+    r"""``factor * loss(pred, target)`` as an op of its own.
 
-    By linearity, ``pred_bar = loss.bwd(res, factor * g)``. Seed 002's printed gradients,
-    for instance, are those of ``scaled(mse, 0.5)``.
+    By linearity, with $a$ = ``factor``, $\bar{p}$ (the cotangent of ``pred``) is ``loss``'s
+    backward for the upstream $a\, g$: ``loss.bwd(res, factor * g)``. Seed 002's printed
+    gradients, for instance, are those of ``scaled(mse, 0.5)``.
     """
     factor = float(factor)
 
@@ -271,11 +289,17 @@ def scaled(loss: Op, factor: float) -> Op:
 
 
 def multitask(*losses: Op) -> Op:
-    """The sum of one loss per output of a ``fanout`` model.
+    r"""The sum of one loss per output of a ``fanout`` model.
 
-    ``L(preds, targets) = sum_k losses[k](preds[k], targets[k])``; ``preds`` and ``targets``
-    are tuples with one entry per loss. Each term depends only on its own prediction, so
-    ``preds_bar[k] = losses[k].bwd(res[k], g)``.
+    With $L_k$ = ``losses[k]``, $p_k$ = ``preds[k]`` and $t_k$ = ``targets[k]``,
+
+    $$
+    L = \sum_k L_k(p_k, t_k) ;
+    $$
+
+    ``preds`` and ``targets`` are tuples with one entry per loss. Each term depends only on its
+    own prediction, so $\bar{p}_k$ is $L_k$'s backward for the same upstream $g$:
+    ``losses[k].bwd(res[k], g)``.
     """
     if not losses:
         raise ValueError("manualgrad.losses.multitask: give at least one loss")

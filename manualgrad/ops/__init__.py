@@ -1,6 +1,6 @@
 """manualgrad's ops: each a plain reference forward plus a hand-written VJP.
 
-Every name here is a :class:`manualgrad.core.Op`: call it like the function it
+Every name here is a [manualgrad.core.Op][manualgrad.core.Op]: call it like the function it
 computes; ``op.reference`` is the plain ``jax.numpy`` version; ``op.fwd`` and
 ``op.bwd`` are the hand-written forward-with-residuals and backward.
 """

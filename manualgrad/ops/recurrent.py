@@ -4,10 +4,10 @@ r"""Recurrent sequence ops ``rnn``, ``lstm`` and ``gru`` with hand-written backp
 pass and runs the input projection as one small product per step. Here, as in cuDNN and
 PyTorch's fused kernels:
 
-* the input product ``x @ wx`` is one product per block of
-  [BLOCK][manualgrad.ops.recurrent.BLOCK] steps (32), before that block's loop, and its
-  gradients $\bar{x}$ and $\bar{W}_x$ one product each after the block's backward loop (and so
-  is $\bar{W}_h$, from the saved states); the bias is added step by step, inside the cell;
+* the input product ``x @ wx`` is one product per block of ``BLOCK`` steps (32), before that
+  block's loop, and its gradients $\bar{x}$ and $\bar{W}_x$ one product each after the block's
+  backward loop (and so is $\bar{W}_h$, from the saved states); the bias is added step by step,
+  inside the cell;
 * the residuals are the inputs and the states entering each step (``h``, and ``c`` for the
   LSTM): $O(N T H)$, not $O(N T \cdot 4H)$ of gates plus their activations. The backward
   recomputes each block's ``x @ wx`` (one product) and each step's gates from its saved state,
