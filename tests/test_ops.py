@@ -37,7 +37,7 @@ def test_every_op_is_registered_and_complete():
         op = REGISTRY[name].op
         assert op.complete, f"{name}: no fwd/bwd"
         assert op.reference is not None and callable(op.reference)
-        assert "_bar" in (op.__doc__ or ""), f"{name}: the docstring must derive the VJP (x_bar = ...)"
+        assert r"\bar" in (op.__doc__ or ""), f"{name}: the docstring must derive the VJP ($\\bar{{x}} = ...$)"
         assert examples(name), f"{name}: no examples"
 
 
