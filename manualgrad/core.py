@@ -1,6 +1,6 @@
 """The one mechanism that turns (reference, fwd, bwd) into an op.
 
-Every op in manualgrad is built the same way::
+Every op in manualgrad is built the same way:
 
     @defop(examples=relu_examples, smooth=False)
     def relu(x):

@@ -81,6 +81,38 @@ def site(tmp_path_factory):
     return out
 
 
+def _hook(name):
+    missing = _docs_tools_missing()
+    if missing:
+        pytest.skip(missing)
+    spec = importlib.util.spec_from_file_location(f"docs_hook_{name}", DOCS / "hooks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_latex_that_latex2mathml_cannot_convert_is_an_error(caplog):
+    mathml = _hook("mathml")
+    assert mathml.to_mathml(r"\operatorname{softmax}(s)", display=False).count("<mi>softmax</mi>") == 1
+    assert "<mtable" in mathml.to_mathml(r"\begin{aligned} a &= b \\ c &= d \end{aligned}", display=True)
+    for bad in (r"\foo{x}", r"x_{", r"\begin{weird} a & b \end{weird}"):
+        with pytest.raises(mathml.MathError):
+            mathml.to_mathml(bad, display=False)
+    page = '<p>a <span class="arithmatex">\\(\\foo + 1\\)</span> b</p>'
+    with caplog.at_level("WARNING"):
+        assert mathml.convert_page(page, "api/x.md") == page  # left as it was, and logged
+    assert "api/x.md" in caplog.text and "\\foo + 1" in caplog.text
+
+
+def test_benchmark_plots_read_the_step_tables():
+    plots = _hook("benchmark_plots")
+    rows = plots.step_rows((ROOT / "BENCHMARKS.md").read_text())
+    assert {r.impl for r in rows} >= {"manual", "reference"}
+    for draw in plots.PLOTS.values():
+        assert draw(rows).startswith("<svg")
+
+
 def test_site_builds_in_strict_mode(site):
     assert (site / "index.html").exists() and (site / "api" / "ops" / "linear.html").exists()
 

@@ -88,7 +88,8 @@ def bar_chart(groups: list[tuple[str, list[tuple[str, float, str]]]], axis_label
         return left + width * (math.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo))
 
     series = list(dict.fromkeys(s for _, bars in groups for s, _, _ in bars))
-    out = [f'<svg class="benchmark-plot" viewBox="0 0 {left + width + 30} {height}" role="img" '
+    out = [f'<svg class="benchmark-plot" width="{left + width + 30}" height="{height}" '
+           f'viewBox="0 0 {left + width + 30} {height}" role="img" '
            f'aria-label="{html.escape(title)}" xmlns="http://www.w3.org/2000/svg">',
            f"<title>{html.escape(title)}</title>"]
     for i, s in enumerate(series):  # legend

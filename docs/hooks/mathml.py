@@ -29,6 +29,11 @@ _SYNONYMS = {r"\begin{aligned}": r"\begin{align*}", r"\end{aligned}": r"\end{ali
 # text of an element: an untranslated command (\foo) or a bare & (an unknown environment's column)
 _TEXT = re.compile(r">([^<]*)<")
 _LEFTOVER = re.compile(r"\\[A-Za-z]+|&(?!#x[0-9A-Fa-f]+;|#\d+;|[A-Za-z]+;)")
+# latex2mathml writes \operatorname{softmax} and \max as operators (<mo>), which the browser spaces
+# like a binary operator ("p = softmax (s)"), and infinity as an operator too; as identifiers they
+# are set upright (several letters) and tight, as LaTeX sets them
+_WORD_OPERATOR = re.compile(r"<mo>([A-Za-z]{2,})</mo>")
+_INFINITY = "<mo>&#x0221E;</mo>"
 
 
 class MathError(ValueError):
@@ -47,7 +52,7 @@ def to_mathml(latex: str, display: bool) -> str:
         bad = _LEFTOVER.search(text)
         if bad:
             raise MathError(f"not translated: {bad.group(0)!r}")
-    return out
+    return _WORD_OPERATOR.sub(r"<mi>\1</mi>", out).replace(_INFINITY, "<mi>&#x0221E;</mi>")
 
 
 def convert_page(content: str, where: str) -> str:

@@ -87,46 +87,59 @@ def from_op(op: Op, name: str | None = None, output_shape: Callable[[tuple], tup
 
 
 def Identity() -> Layer:
+    """The layer of :func:`manualgrad.ops.identity`: ``y = x``; no params."""
     return from_op(ops.identity, "Identity")
 
 
 def ReLU() -> Layer:
+    """The layer of :func:`manualgrad.ops.relu`, ``max(x, 0)`` elementwise; no params."""
     return from_op(ops.relu, "ReLU")
 
 
 def LeakyReLU(negative_slope: float = 0.01) -> Layer:
+    """The layer of :func:`manualgrad.ops.leaky_relu`: ``x`` where positive, else
+    ``negative_slope * x``; no params."""
     return from_op(ops.leaky_relu, f"LeakyReLU({negative_slope:g})", negative_slope=negative_slope)
 
 
 def ScaledReLU(scale: float) -> Layer:
+    """The layer of :func:`manualgrad.ops.scaled_relu`, ``scale * max(x, 0)``; no params."""
     return from_op(ops.scaled_relu, f"ScaledReLU({scale:g})", scale=scale)
 
 
 def Sigmoid() -> Layer:
+    """The layer of :func:`manualgrad.ops.sigmoid`, ``1 / (1 + exp(-x))`` elementwise; no params."""
     return from_op(ops.sigmoid, "Sigmoid")
 
 
 def Tanh() -> Layer:
+    """The layer of :func:`manualgrad.ops.tanh`; no params."""
     return from_op(ops.tanh, "Tanh")
 
 
 def Softplus() -> Layer:
+    """The layer of :func:`manualgrad.ops.softplus`, ``log(1 + exp(x))`` elementwise; no params."""
     return from_op(ops.softplus, "Softplus")
 
 
 def GELU(approximate: bool = False) -> Layer:
+    """The layer of :func:`manualgrad.ops.gelu`: exact (erf) by default, the tanh approximation
+    with ``approximate=True``; no params."""
     return from_op(ops.gelu, "GELU", approximate=approximate)
 
 
 def Square() -> Layer:
+    """The layer of :func:`manualgrad.ops.square`, ``x ** 2`` elementwise; no params."""
     return from_op(ops.square, "Square")
 
 
 def Softmax(axis: int = -1) -> Layer:
+    """The layer of :func:`manualgrad.ops.softmax` along ``axis``; no params."""
     return from_op(ops.softmax, "Softmax", axis=axis)
 
 
 def LogSoftmax(axis: int = -1) -> Layer:
+    """The layer of :func:`manualgrad.ops.log_softmax` along ``axis``; no params."""
     return from_op(ops.log_softmax, "LogSoftmax", axis=axis)
 
 

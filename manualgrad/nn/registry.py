@@ -17,6 +17,9 @@ __all__ = ["LayerExample", "LAYERS"]
 
 
 class LayerExample(NamedTuple):
+    """One entry of :data:`LAYERS`: ``make()`` builds the layer, ``input_shape`` is what it is
+    checked on (batch axis first), ``ids > 0`` says the input is integer token ids."""
+
     make: Callable[[], Layer]
     input_shape: tuple
     ids: int = 0  #: > 0: the input is integer ids in [0, ids) (no cotangent); 0: a float input
@@ -82,3 +85,4 @@ LAYERS: dict[str, LayerExample] = {
         (3, 5),
     ),
 }
+"""The layer registry: a name per layer the library defines, each with its :class:`LayerExample`."""

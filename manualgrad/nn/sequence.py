@@ -188,7 +188,7 @@ def MultiHeadAttention(heads: int, causal: bool = True, block: int = 128, dtype:
 def TransformerBlock(
     width: int, heads: int, mlp_ratio: int = 4, causal: bool = True, dropout: float = 0.0, block: int = 128
 ) -> Layer:
-    """The pre-norm transformer block (GPT-2's) on ``(..., T, width)``::
+    """The pre-norm transformer block (GPT-2's) on ``(..., T, width)``:
 
         x = x + Attention(LayerNorm(x))                   # residual(LayerNorm, MultiHeadAttention)
         x = x + Linear(width)(GELU(Linear(mlp_ratio * width)(LayerNorm(x))))
@@ -216,7 +216,7 @@ def TransformerLM(
     fused_head: bool = False,
 ) -> Layer:
     """A causal language model on token ids ``(batch, T)``, ``T <= context``: embedding, positions,
-    ``depth`` :func:`TransformerBlock`\\ s, a final LayerNorm and the output layer, giving logits
+    ``depth`` :func:`TransformerBlock` blocks, a final LayerNorm and the output layer, giving logits
     ``(batch, T, vocab_size)`` whose position ``t`` predicts token ``t + 1`` from tokens ``<= t``.
 
     Train it with :func:`manualgrad.losses.softmax_cross_entropy` against the ids shifted by one
