@@ -16,7 +16,7 @@ def _cube_examples(rng):
 
 
 def make_cube(bwd_factor=3.0):
-    """A user-defined op, exactly as the README shows it (with a switch to break its rule)."""
+    """A user-defined op, defined the way the tutorials define theirs (with a switch to break its rule)."""
 
     @defop(name="test.cube")
     def cube(x):

@@ -126,3 +126,11 @@ def test_math_is_mathml_and_nothing_is_fetched(site):
         assert "arithmatex" not in text, f"{page.relative_to(site)}: LaTeX left for a JavaScript renderer"
         assert not remote.search(text), f"{page.relative_to(site)}: {remote.search(text).group(0)}"
         assert not re.search(r"<(?:script|link)\b[^>]*cdn", text, re.I), f"{page.relative_to(site)}: a CDN asset"
+
+
+def test_docstrings_completed_at_import_show_their_whole_text(site):
+    """The recurrent ops' docstrings are templates filled at import; the page shows the filled text."""
+    page = (site / "api" / "ops" / "recurrent.html").read_text()
+    assert not re.search(r"\{(?:lengths|backward)\}", page), "a docstring's {placeholder} reached the page"
+    text = " ".join(re.sub(r"<[^>]+>", "", page).split())
+    assert text.count("keeps its initial state") == 3 and text.count("Backward through time") == 3

@@ -65,7 +65,7 @@ def test_core_dependencies_are_the_numerical_stack_only():
     assert "manualgrad[data]" in extras["experiments"]
     assert {d.split(">")[0] for d in extras["experiments"]} >= {"matplotlib", "tqdm"}
     assert {d.split(">")[0] for d in extras["test"]} >= {"pytest", "pytest-xdist", "hypothesis"}
-    assert '-e ".[experiments,test]"' in (ROOT / ".ci" / "run").read_text()
+    assert '-e ".[experiments,test,docs]"' in (ROOT / ".ci" / "run").read_text()
 
 
 def problem(seed, n=64, d=6):

@@ -9,12 +9,17 @@ optional mkdocs-autorefs reference: a link where the target is documented on som
 code where it is not (a private helper). A name that resolves to nothing is a broken reference:
 it is logged as a warning, which fails ``mkdocs build --strict``. ``~`` keeps the last
 component only, as in Sphinx. Names outside manualgrad (``jax.vjp``) stay code.
+
+A docstring the module completes at import (the recurrent ops share their paragraphs on lengths
+and on the backward through ``__doc__.format``) is read from the imported object first, so the
+page shows what ``help()`` shows rather than the ``{placeholder}``.
 """
 
 from __future__ import annotations
 
 import html
 import importlib
+import inspect
 import logging
 import re
 from typing import Any
@@ -23,6 +28,7 @@ import griffe
 
 log = logging.getLogger("mkdocs.plugins.griffe_rst_roles")
 
+PLACEHOLDER = re.compile(r"\{[A-Za-z_]\w*\}")
 ROLE = re.compile(r":(?:py:)?(?:func|class|mod|data|attr|meth|exc|obj|const):`(~?)([\w.]+)(?:\(\))?`")
 PACKAGE = "manualgrad"
 
@@ -86,6 +92,22 @@ def rewrite(obj: griffe.Object, text: str) -> str:
     return ROLE.sub(sub, text)
 
 
+def _live_docstring(obj: griffe.Object) -> str | None:
+    """The docstring of the imported object when the source's is a template that the module
+    completes at import (``f.__doc__ = f.__doc__.format(...)``): static analysis sees only the
+    ``{placeholder}``; None when the source's docstring is already the whole text."""
+    if not PLACEHOLDER.search(obj.docstring.value):
+        return None
+    try:
+        value: Any = importlib.import_module(obj.module.path)
+        for part in obj.path[len(obj.module.path) + 1 :].split("."):
+            value = getattr(value, part)
+    except Exception:  # noqa: BLE001 (not importable: keep the source's docstring)
+        return None
+    live = inspect.cleandoc(value.__doc__ or "")
+    return live if live and live != obj.docstring.value else None
+
+
 class RstRoles(griffe.Extension):
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         if pkg.name != PACKAGE:
@@ -96,6 +118,8 @@ class RstRoles(griffe.Extension):
             if id(obj) in seen:
                 return
             seen.add(id(obj))
+            if obj.docstring is not None and (live := _live_docstring(obj)) is not None:
+                obj.docstring.value = live
             if obj.docstring is not None and ":" in obj.docstring.value:
                 obj.docstring.value = rewrite(obj, obj.docstring.value)
             for member in obj.members.values():
