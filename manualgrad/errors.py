@@ -2,9 +2,11 @@
 
 ``where`` is the qualified name of the function, op or layer that refused the input
 (``manualgrad.ops.linear``, ``manualgrad.nn.Linear(3)``, ``manualgrad.train.fit``) and the
-message names the argument and its shapes or values, e.g.::
+message names the argument and its shapes or values, e.g.
 
-    manualgrad.ops.linear: x.shape=(4, 5) has 5 input features but w.shape=(3, 2) expects d_in=3
+```text
+manualgrad.ops.linear: x.shape=(4, 5) has 5 input features but w.shape=(3, 2) expects d_in=3
+```
 
 Every check in the library raises through :func:`fail`; a layer adds its own name in front of
 an error raised by the ops inside it with :func:`blame`, so the message reads from the outside

@@ -1,13 +1,13 @@
 """The key tree: every random number a run draws comes from its one key by ``fold_in``.
 
-::
-
-    key                                  the run's key (``fit(key=...)``)
-    ├─ epoch_key(key, e)                 epoch e (1-based): shuffles that epoch's examples
-    │  └─ step_key(epoch_key, i)         step i (0-based) of the epoch: the model's key
-    │     ├─ device_key(k, d)            device d of a data-parallel step (its rows' masks)
-    │     └─ child_key(k, i)             child i of serial/fanout/residual, recursively
-    │                                    down to each dropout or augmentation layer
+```text
+key                                  the run's key (fit(key=...))
+├─ epoch_key(key, e)                 epoch e (1-based): shuffles that epoch's examples
+│  └─ step_key(epoch_key, i)         step i (0-based) of the epoch: the model's key
+│     ├─ device_key(k, d)            device d of a data-parallel step (its rows' masks)
+│     └─ child_key(k, i)             child i of serial/fanout/residual, recursively
+│                                    down to each dropout or augmentation layer
+```
 
 Each key depends only on the run's key and its position in the tree, never on a counter
 or on how many draws came before: a resumed run redraws exactly the masks and the orders

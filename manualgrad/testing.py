@@ -1,11 +1,11 @@
 """Assertions for your own test suite: a hand-written rule is correct, or the failure says how.
 
-::
+```python
+from manualgrad.testing import assert_rule_correct
 
-    from manualgrad.testing import assert_rule_correct
-
-    def test_cube():
-        assert_rule_correct(cube, cube_fwd, cube_bwd, np.random.default_rng(0).normal(size=(4, 3)))
+def test_cube():
+    assert_rule_correct(cube, cube_fwd, cube_bwd, np.random.default_rng(0).normal(size=(4, 3)))
+```
 
 A failure raises ``AssertionError`` whose message starts with the diagnosis of the first failed
 row (``scale 1.000333 — x_bar is 1.000333 times the reference everywhere: ...``), then lists

@@ -208,6 +208,16 @@ def test_check_rule_runs_every_check_on_an_unregistered_rule():
     assert {d for r in wrong for d in diagnoses(r)} == {"scale"} and "tests.test_debugger.mse" not in REGISTRY
 
 
+def test_a_wrong_shaped_cotangent_is_reported_by_every_check_not_raised():
+    reference, fwd, rules, args, _, _ = RULES["linear"]
+    reports = check.check_rule(reference, fwd, rules["transpose"], *args, dtypes=(jnp.float32,))
+    assert {r.mode for r in reports} == {"vjp", "vjp+jit", "vjp+jit+vmap", "no-autodiff"}
+    assert not any(r.passed for r in reports)
+    (bwd,) = next(r for r in reports if r.mode == "no-autodiff").failed
+    assert "w_bar.shape=(5, 3) for w.shape=(3, 5)" in bwd.error
+    assert all("transpose" in diagnoses(r) for r in reports if r.mode != "no-autodiff")
+
+
 def test_check_rule_refuses_bad_input_by_name():
     with pytest.raises(ValueError, match=r"check_rule: softmax takes 2 array arguments \('x', 'axis'\).*static"):
         check.check_rule(softmax, softmax_fwd, SOFTMAX["correct"], X33)

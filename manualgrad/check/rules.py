@@ -15,7 +15,7 @@ import numpy as np
 from manualgrad.check.arguments import require_op
 from manualgrad.check.guard import AutodiffError, no_autodiff
 from manualgrad.check.jacobians import check_hvp
-from manualgrad.check.report import Report, Row, error_row
+from manualgrad.check.report import Report, Row, error_row, raised
 from manualgrad.check.tolerances import TOLERANCES, cast, dtype_of
 from manualgrad.check.vjp import check_vjp
 from manualgrad.core import REGISTRY, Example, Op, fail
@@ -27,7 +27,8 @@ def check_no_autodiff(op: Op, *args: Any, **params: Any) -> Report:
     """Trace ``op``'s hand-written backward on ``args`` with JAX's autodiff switched off.
 
     Returns:
-      A :class:`Report` with one ``bwd`` row, failed when the backward calls JAX autodiff.
+      A :class:`Report` with one ``bwd`` row, failed when the backward calls JAX autodiff or
+      raises (a cotangent of the wrong shape: :func:`check_vjp`'s rows say which and why).
     """
     require_op(op, "check_no_autodiff")
     dtype = dtype_of(args)
@@ -40,6 +41,8 @@ def check_no_autodiff(op: Op, *args: Any, **params: Any) -> Report:
         result = Row("bwd", 0.0, 0.0, *tol)
     except AutodiffError as e:
         result = error_row("bwd", str(e), tol)
+    except Exception as e:  # the rule itself is wrong; the report says so rather than stopping the checks
+        result = raised("bwd", e, tol)
     return Report(op.name, "no-autodiff", str(jnp.dtype(dtype)), (result,))
 
 
