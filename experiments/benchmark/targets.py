@@ -105,7 +105,9 @@ class Target:
         if self.quantity != "temp_bytes":
             return f"{value:.3f}"
         a, b = (rows[v][self.quantity] for v in self.compare)
-        return f"{a:,} vs {b:,}" + (f" ({b / a:.0f}x less)" if 0 < a < b else "")
+        if not 0 < a or b < 1.05 * a:  # equal, or within 5%: no factor to show
+            return f"{a:,} vs {b:,}"
+        return f"{a:,} vs {b:,} ({b / a:.{1 if b < 10 * a else 0}f}x less)"
 
     def met(self, value: float) -> bool:
         if self.threshold is None:
@@ -160,8 +162,9 @@ TARGETS: tuple[Target, ...] = (
            over="every"),
     Target("torch / manual at {at} {op} {threshold}", Rows(MLP, batch=(None, 255)), ("torch", "manual"), ">=", "1.1"),
     Target("torch / manual at {at} {op} {threshold}", Rows(MLP, batch=(256, None)), ("torch", "manual"), ">=", "1.5"),
+    Target("torch / manual, every MLP config {op} {threshold}", Rows(MLP), ("torch", "manual"), ">=", "1.0", over="every"),
     Target("torch / manual at {at} {op} {threshold}", Rows(CNN), ("torch", "manual"), ">=", "0.8"),
-    Target("torch / manual at {at} (reported, no target)", Rows(TRANSFORMER), ("torch", "manual")),
+    Target("torch / manual at {at} {op} {threshold}", Rows(TRANSFORMER), ("torch", "manual"), ">=", "0.8"),
     Target("scanned epoch, batch {batch}: fraction of GEMM peak {op} {threshold}",
            Rows(MLP, section="epochs", batch=(None, 128)), ("scan/manual",), ">=", "0.60", "fraction_of_peak"),
     Target("scanned epoch, batch {batch}: fraction of GEMM peak {op} {threshold}",
