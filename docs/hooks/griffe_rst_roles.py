@@ -62,19 +62,30 @@ def _resolve(obj: griffe.Object, name: str) -> str | None:
     return "" if _defined_at_runtime(obj, name) else None
 
 
+MISSING = object()
+
+
+def _imported(module: str, parts: list[str]) -> Any:
+    """``module.parts[0].parts[1]...`` as Python sees it after importing ``module``; ``MISSING``
+    when the import fails or an attribute is not there."""
+    try:
+        value: Any = importlib.import_module(module)
+    except Exception:  # noqa: BLE001 (any import failure means: not found)
+        return MISSING
+    for part in parts:
+        value = getattr(value, part, MISSING)
+        if value is MISSING:
+            break
+    return value
+
+
 def _defined_at_runtime(obj: griffe.Object, name: str) -> bool:
     """Whether ``name`` exists in ``obj``'s module when imported: names that static analysis does
     not see (``A, B = f()``) are still real, though they cannot be linked."""
     parts = name.split(".")
-    try:
-        value: Any = importlib.import_module(PACKAGE if parts[0] == PACKAGE else obj.module.path)
-    except Exception:  # noqa: BLE001 (any import failure means: not found)
-        return False
-    for part in parts[1:] if parts[0] == PACKAGE else parts:
-        if not hasattr(value, part):
-            return False
-        value = getattr(value, part)
-    return True
+    if parts[0] == PACKAGE:
+        return _imported(PACKAGE, parts[1:]) is not MISSING
+    return _imported(obj.module.path, parts) is not MISSING
 
 
 def rewrite(obj: griffe.Object, text: str) -> str:
@@ -98,11 +109,8 @@ def _live_docstring(obj: griffe.Object) -> str | None:
     ``{placeholder}``; None when the source's docstring is already the whole text."""
     if not PLACEHOLDER.search(obj.docstring.value):
         return None
-    try:
-        value: Any = importlib.import_module(obj.module.path)
-        for part in obj.path[len(obj.module.path) + 1 :].split("."):
-            value = getattr(value, part)
-    except Exception:  # noqa: BLE001 (not importable: keep the source's docstring)
+    value = _imported(obj.module.path, obj.path[len(obj.module.path) + 1 :].split("."))
+    if value is MISSING:  # not importable: keep the source's docstring
         return None
     live = inspect.cleandoc(value.__doc__ or "")
     return live if live and live != obj.docstring.value else None
