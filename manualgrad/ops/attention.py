@@ -164,10 +164,10 @@ def attention(
     [UNROLL][manualgrad.ops.attention.UNROLL] blocks run without a loop or padding, and a causal
     block skips the keys after its last query; a causal sequence that short is cut into UNROLL
     equal blocks even when it would fit one (at T = 128, block 128: two of 64, a quarter of the
-    products saved). More blocks run as a loop (``lax.map`` forward, ``lax.scan`` backward). The forward runs over the same blocks (each
-    block's softmax needs all of T_k, so no online rescaling is needed across query blocks). A
-    fully masked row has $L = 0$ stored and every $s = -\infty$, so its $p$ is 0 and so are its
-    output and cotangents.
+    products saved). More blocks run as a loop (``lax.map`` forward, ``lax.scan`` backward). The
+    forward runs over the same blocks (each block's softmax needs all of T_k, so no online
+    rescaling is needed across query blocks). A fully masked row has $L = 0$ stored and every
+    $s = -\infty$, so its $p$ is 0 and so are its output and cotangents.
     """
     c = _scale(q, scale)
     t_q, t_k = q.shape[-2], k.shape[-2]
