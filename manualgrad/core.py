@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualgrad.errors import describe, fail, same_dtype
+from manualgrad.errors import describe, fail
 
 __all__ = [
     "Op",

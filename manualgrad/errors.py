@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["fail", "blame", "describe", "same_dtype", "positive_int"]
+__all__ = ["fail", "blame", "describe", "same_dtype", "positive_int", "one_key"]
 
 
 def fail(where: str, message: str) -> NoReturn:
@@ -70,3 +70,16 @@ def positive_int(where: str, name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         fail(where, f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def one_key(where: str, name: str, key: Any) -> None:
+    """Fail unless ``key`` is one PRNG key: a typed key of shape ``()`` or a raw ``uint32`` vector."""
+    dtype = jnp.result_type(key) if hasattr(key, "dtype") else None
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        single = np.shape(key) == ()
+    else:
+        single = dtype == jnp.uint32 and np.ndim(key) == 1
+    if not single:
+        got = describe(name, key) if dtype is not None else f"{name}={key!r}"
+        fail(where, f"{got}: {name} must be one PRNG key; pass jax.random.key(seed) or jax.random.PRNGKey(seed), "
+                    "or split a key per call with jax.random.split")

@@ -24,7 +24,7 @@ import numpy as np
 from jax import lax
 
 from manualgrad.core import Example, defop
-from manualgrad.errors import blame, describe, fail, positive_int
+from manualgrad.errors import blame, describe, fail, positive_int, same_dtype
 
 __all__ = ["linear_softmax_cross_entropy", "head_cross_entropy", "CHUNK"]
 
@@ -46,6 +46,7 @@ def _check(x: jax.Array, w: jax.Array, b: jax.Array, labels: jax.Array, chunk: i
     v = np.shape(w)[1]
     if np.shape(b) != (v,):
         fail(_WHERE, f"{describe('b', b)} must be (V,)=({v},), one bias per column of {describe('w', w)}")
+    same_dtype(_WHERE, x=x, w=w, b=b)
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         fail(_WHERE, f"{describe('labels', labels)}: labels must be integer class ids (for probabilities use "
                      "softmax_cross_entropy(ops.linear(x, w, b), labels))")

@@ -18,6 +18,8 @@ Values are not checked under ``jit`` (they are unknown while tracing):
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,12 +41,13 @@ __all__ = [
 ]
 
 
-def _same_shape(where: str):
+def _same_shape(where: str, names: tuple[str, str] = ("pred", "target")) -> Callable[[jax.Array, jax.Array], None]:
+    """A check that the loss's two arguments, called ``names``, have one shape."""
     def check(pred: jax.Array, target: jax.Array) -> None:
         if np.shape(pred) != np.shape(target):
             fail(
                 where,
-                f"{describe('pred', pred)} and {describe('target', target)} differ; "
+                f"{describe(names[0], pred)} and {describe(names[1], target)} differ; "
                 "the loss compares them elementwise and does not broadcast",
             )
 
@@ -227,7 +230,7 @@ def _binary_examples(rng: np.random.Generator) -> list[Example]:
 
 @defop(
     constant=("targets",),
-    check=_same_shape("manualgrad.losses.binary_cross_entropy_with_logits"),
+    check=_same_shape("manualgrad.losses.binary_cross_entropy_with_logits", ("logits", "targets")),
     examples=_binary_examples,
 )
 def binary_cross_entropy_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -268,6 +271,8 @@ def scaled(loss: Op, factor: float) -> Op:
     backward for the upstream $a\, g$: ``loss.bwd(res, factor * g)``. Seed 002's printed
     gradients, for instance, are those of ``scaled(mse, 0.5)``.
     """
+    if isinstance(factor, bool) or not isinstance(factor, (int, float, np.integer, np.floating)):
+        fail("manualgrad.losses.scaled", f"factor={factor!r} must be a real number (a Python or NumPy scalar)")
     factor = float(factor)
 
     def reference(pred, target):
@@ -311,7 +316,8 @@ def multitask(*losses: Op) -> Op:
     def check(preds, targets):
         for what, v in (("preds", preds), ("targets", targets)):
             if not isinstance(v, tuple) or len(v) != len(losses):
-                fail(name, f"{what} must be a tuple with one entry per loss ({len(losses)}), got {type(v).__name__}")
+                got = f"a tuple of {len(v)}" if isinstance(v, tuple) else describe(what, v)
+                fail(name, f"{what} must be a tuple with one entry per loss ({len(losses)}), got {got}")
         for l, p, t in zip(losses, preds, targets):
             l.bind((p, t), {})
 

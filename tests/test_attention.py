@@ -65,7 +65,7 @@ def test_a_row_that_attends_nothing_gives_zeros_and_zero_gradients():
         ((jnp.zeros((3, 4)), jnp.zeros((5, 4)), jnp.zeros((5, 2)), jnp.ones((3, 4), bool)), {},
          r"mask.shape=\(3, 4\) does not broadcast to \(..., T_q, T_k\)=\(3, 5\)"),
         ((jnp.zeros((3, 4)), jnp.zeros((5, 4)), jnp.zeros((5, 2)), jnp.ones((3, 5))), {}, r"mask must be boolean"),
-        ((jnp.zeros((3, 4)), jnp.zeros((5, 4)), jnp.zeros((5, 2))), {"block": 0}, r"block=0 must be a positive int"),
+        ((jnp.zeros((3, 4)), jnp.zeros((5, 4)), jnp.zeros((5, 2))), {"block": 0}, r"block must be a positive integer, got 0"),
         ((jnp.zeros((2, 3, 4)), jnp.zeros((3, 5, 4)), jnp.zeros((3, 5, 2))), {}, r"leading axes differ"),
     ],
     ids=["qk-features", "kv-length", "mask-broadcast", "mask-dtype", "block", "leading-axes"],

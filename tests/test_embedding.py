@@ -44,3 +44,13 @@ def test_under_jit_out_of_range_ids_give_nan_rows_and_no_gradient():
     np.testing.assert_array_equal(pullback(jnp.ones((2, 2)))[0], [[0, 0], [1, 1], [0, 0]])
     with pytest.raises(ValueError, match="ids must be integers"):  # the dtype is known under jit
         jax.jit(ops.embedding)(jnp.array([0.0]), table)
+
+
+def test_under_jit_negative_ids_are_out_of_range_too():
+    # a NumPy index would count -1 from the end (the last row, which would then get the gradient)
+    table = jnp.arange(6.0).reshape(3, 2)
+    f = jax.jit(lambda ids, t: jax.vjp(lambda t: ops.embedding(ids, t), t))
+    y, pullback = f(jnp.array([-1, 2]), table)
+    assert np.all(np.isnan(y[0])) and np.array_equal(y[1], [4.0, 5.0])
+    np.testing.assert_array_equal(pullback(jnp.ones((2, 2)))[0], [[0, 0], [0, 0], [1, 1]])
+    np.testing.assert_array_equal(jax.jit(ops.embedding.reference)(jnp.array([-1]), table), [[np.nan, np.nan]])

@@ -3,8 +3,8 @@ evaluation mode, with state and a key.
 
 For each layer: ``init``'s and ``init_state``'s output shape is ``apply``'s; the layer's own
 ``fwd``/``bwd`` (the explicit pass) equal ``jax.vjp`` of its ``apply`` run on the plain
-reference forwards, for params and input, eagerly and under ``jit``, in float64 and (with x64
-off) in float32. Then dropout's and batch norm's semantics.
+reference forwards, for params and input, under ``jit`` and eagerly under ``vmap``, in float64
+and (with x64 off) in float32. Then dropout's and batch norm's semantics.
 """
 
 import jax
@@ -31,19 +31,18 @@ def setup(name, dtype):
     return layer, out_shape, state_shape, cast(params), cast(state), cast(x)
 
 
-def explicit_and_reference(layer, params, state, x, train_mode):
+def explicit_and_reference(layer, params, state, x, train_mode, transform=lambda f: f, jit_explicit=True):
     """(y, new_state, grads) from the layer's fwd/bwd, and from jax.vjp of apply on the references,
-    both jitted (the reference mode is part of jit's cache key)."""
+    each under ``transform`` and jitted (the reference mode is part of jit's cache key), the
+    explicit side eagerly when ``jit_explicit`` is False."""
 
     def cotangent(y):
         return jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.key(2), a.shape, a.dtype), y)
 
-    @jax.jit
     def explicit(params, x):
         y, new_state, res = layer.fwd(params, x, state=state, key=KEY, train=train_mode)
         return y, new_state, layer.bwd(res, cotangent(y))
 
-    @jax.jit
     def reference(params, x):
         with reference_mode():
             if jnp.issubdtype(x.dtype, jnp.integer):  # ids: params only
@@ -52,9 +51,11 @@ def explicit_and_reference(layer, params, state, x, train_mode):
             (y, new_state), vjp = jax.vjp(lambda p, x: layer.apply(p, x, state=state, key=KEY, train=train_mode), params, x)
             return y, new_state, vjp((cotangent(y), jax.tree_util.tree_map(jnp.zeros_like, new_state)))
 
-    return explicit(params, x), reference(params, x)
+    explicit = transform(explicit)
+    return (jax.jit(explicit) if jit_explicit else explicit)(params, x), jax.jit(transform(reference))(params, x)
 
 
+COMPOSITES = {"serial-cnn", "fanout-heads", "TransformerLM"}  # made of registered layers, each checked alone
 # evaluation differs from training only for these (the others ignore the switch): checked in both
 MODE_DEPENDENT = {
     "BatchNorm", "BatchNorm-dense", "Dropout", "RandomFlip", "RandomShift", "TransformerBlock", "serial-cnn", "fanout-heads"
@@ -77,7 +78,19 @@ def test_layer_shapes_and_backward_equal_vjp_of_apply(name, train_mode):
             assert_trees_close(jax.jit(lambda p, x: layer.apply(p, x, key=KEY, train=True))(params, x), y)
 
 
-COMPOSITES = {"serial-cnn", "fanout-heads", "TransformerLM"}  # made of registered layers, each checked in float32
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in COMPOSITES])
+def test_layer_backward_eagerly_under_vmap(name):
+    """The same comparison with the explicit pass run op by op (no jit) under ``vmap`` over a
+    batch of two inputs (the second the first reversed), params shared; the reference side is
+    ``jit(vmap(...))``."""
+    with jax.enable_x64(True):
+        layer, _, _, params, state, x = setup(name, jnp.float64)
+        x2 = jnp.stack([x, jnp.flip(x, axis=tuple(range(x.ndim)))])
+        got, want = explicit_and_reference(layer, params, state, x2, True,
+                                           transform=lambda f: jax.vmap(f, in_axes=(None, 0)), jit_explicit=False)
+        assert_trees_close(got, want)
+
+
 # one registered op each (``nn.from_op``), whose float32 VJP tests/test_ops.py checks
 ONE_OP = {"Identity", "ReLU", "LeakyReLU", "ScaledReLU", "Sigmoid", "Tanh", "Softplus", "GELU", "Square", "Softmax",
           "LogSoftmax", "Flatten"}

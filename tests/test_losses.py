@@ -77,7 +77,8 @@ def test_binary_cross_entropy_is_stable(dtype):
 @pytest.mark.parametrize("use_jit", [False, True])
 def test_prediction_and_target_shapes_must_match(loss, use_jit):
     f = jax.jit(loss) if use_jit else loss
-    with pytest.raises(ValueError, match=rf"{loss.name}: pred.shape=\(4, 1\) .* and target.shape=\(4, 2\) .* differ") as e:
+    pred, target = ("logits", "targets") if loss is losses.binary_cross_entropy_with_logits else ("pred", "target")
+    with pytest.raises(ValueError, match=rf"{loss.name}: {pred}.shape=\(4, 1\) .* and {target}.shape=\(4, 2\) .* differ") as e:
         f(jnp.zeros((4, 1)), jnp.zeros((4, 2)))
     assert "broadcast" in str(e.value)
     with pytest.raises(ValueError, match=r"\(4,\)"):

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from manualgrad.errors import positive_int
 from manualgrad.trees import num_examples, take
 
 __all__ = ["Batches"]
@@ -37,9 +38,8 @@ class Batches:
         drop_last: bool = False,
     ) -> None:
         self.n = num_examples("manualgrad.data.Batches", x=x, y=y)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"manualgrad.data.Batches: batch_size must be >= 1, got {batch_size}")
-        self.x, self.y, self.batch_size = x, y, batch_size
+        self.x, self.y = x, y
+        self.batch_size = positive_int("manualgrad.data.Batches", "batch_size", batch_size)
         self.shuffle, self.drop_last = shuffle, drop_last
         self._rng = np.random.default_rng(seed)
 

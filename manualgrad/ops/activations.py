@@ -21,6 +21,7 @@ import numpy as np
 from jax.scipy.special import erf
 
 from manualgrad.core import Example, defop
+from manualgrad.errors import fail
 
 _SHAPES = [(), (5,), (3, 4), (2, 3, 4)]
 
@@ -233,7 +234,13 @@ def _gelu_examples(rng: np.random.Generator) -> list[Example]:
     return _elementwise_examples()(rng) + _elementwise_examples(approximate=True)(rng)
 
 
-@defop(static=("approximate",), examples=_gelu_examples)
+def _check_gelu(x: jax.Array, approximate: bool = False) -> None:
+    if not isinstance(approximate, (bool, np.bool_)):
+        fail("manualgrad.ops.gelu", f"approximate={approximate!r} must be True (the tanh form, PyTorch's "
+                                    "approximate='tanh') or False (the exact form, PyTorch's 'none')")
+
+
+@defop(static=("approximate",), check=_check_gelu, examples=_gelu_examples)
 def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
     r"""Gaussian error linear unit; the exact form by default (PyTorch's default).
 

@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 
 from manualgrad.core import Example, defop
-from manualgrad.errors import describe, fail
+from manualgrad.errors import describe, fail, positive_int, same_dtype
 
 _WHERE = "manualgrad.ops.attention"
 
@@ -43,8 +43,10 @@ def _check_attention(
             fail(_WHERE, f"mask.shape={np.shape(mask)} does not broadcast to (..., T_q, T_k)={target}")
         if jnp.result_type(mask) != jnp.bool_:
             fail(_WHERE, f"{describe('mask', mask)}: mask must be boolean (True = attend)")
-    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
-        fail(_WHERE, f"block={block!r} must be a positive int (queries per block)")
+    same_dtype(_WHERE, q=q, k=k, v=v)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating))):
+        fail(_WHERE, f"scale={scale!r} must be a real number (a static parameter) or None for 1/sqrt(d)")
+    positive_int(_WHERE, "block", block)
 
 
 def _attention_examples(rng: np.random.Generator) -> list[Example]:

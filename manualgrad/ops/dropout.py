@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualgrad.core import Example, defop
-from manualgrad.errors import describe, fail
+from manualgrad.errors import fail, one_key
 
 _WHERE = "manualgrad.ops.dropout"
 
@@ -15,17 +15,7 @@ _WHERE = "manualgrad.ops.dropout"
 def _check_dropout(x: jax.Array, key: jax.Array, rate: float) -> None:
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         fail(_WHERE, f"rate={rate!r} must be a number in [0, 1): the probability of zeroing each element")
-    dtype = jnp.result_type(key)
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        single = np.shape(key) == ()
-    else:
-        single = dtype == jnp.uint32 and jnp.ndim(key) == 1
-    if not single:
-        fail(
-            _WHERE,
-            f"{describe('key', key)}: key must be one PRNG key; pass jax.random.key(seed) or "
-            "jax.random.PRNGKey(seed), or split a key per call with jax.random.split",
-        )
+    one_key(_WHERE, "key", key)
 
 
 def _keep(key: jax.Array, rate: float, shape: tuple) -> jax.Array:

@@ -51,12 +51,20 @@ def embedding(ids: jax.Array, table: jax.Array) -> jax.Array:
 
     Residual: ``ids`` (and ``table``, for its shape; a parameter, alive anyway). Bad ids: concrete
     ids out of ``[0, V)`` are an error; under ``jit`` they cannot be checked, and the gather fills
-    their rows with NaN (``jnp.take``'s ``mode="fill"``) while the backward drops them.
+    their rows with NaN (``jnp.take``'s ``mode="fill"``) while the backward drops them. Negative
+    ids included: they do not count from the end, as a NumPy index would.
     """
-    return jnp.take(table, ids, axis=0, mode="fill")
+    return jnp.take(table, _no_wrap(ids, table), axis=0, mode="fill")
+
+
+def _no_wrap(ids: jax.Array, table: jax.Array) -> jax.Array:
+    """``ids`` with the negative ones moved past the last row, so that gather and scatter treat
+    them as out of range instead of counting from the end."""
+    return jnp.where(ids < 0, table.shape[0], ids)
 
 
 def embedding_fwd(ids: jax.Array, table: jax.Array) -> tuple[jax.Array, tuple]:
+    ids = _no_wrap(ids, table)
     return jnp.take(table, ids, axis=0, mode="fill"), (ids, table)
 
 

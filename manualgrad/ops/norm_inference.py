@@ -55,13 +55,15 @@ def batch_norm_inference(
     return gamma * (x - mean) / jnp.sqrt(var + eps) + beta
 
 
-def batch_norm_inference_fwd(x, gamma, beta, mean, var, eps=1e-5):
+def batch_norm_inference_fwd(
+    x: jax.Array, gamma: jax.Array, beta: jax.Array, mean: jax.Array, var: jax.Array, eps: float = 1e-5
+) -> tuple[jax.Array, tuple]:
     r = lax.rsqrt(var + eps)
     xhat = (x - mean) * r
     return gamma * xhat + beta, (xhat, gamma * r)
 
 
-def batch_norm_inference_bwd(res, g, eps=1e-5):
+def batch_norm_inference_bwd(res: tuple, g: jax.Array, eps: float = 1e-5) -> tuple[jax.Array, ...]:
     xhat, scale = res
     rows = tuple(range(g.ndim - 1))
     return g * scale, jnp.sum(g * xhat, axis=rows), jnp.sum(g, axis=rows), None, None

@@ -17,7 +17,7 @@ import optax
 
 from manualgrad import parallel
 from manualgrad.core import Op
-from manualgrad.errors import fail
+from manualgrad.errors import fail, positive_int
 from manualgrad.keys import step_key
 from manualgrad.nn import Layer
 from manualgrad.train.steps import sharded_step, updater
@@ -37,6 +37,10 @@ def epoch_permutation(key: jax.Array, n: int, batch_size: int) -> jax.Array:
     epoch, so every step has the same shape and the epoch compiles once; since the
     permutation changes every epoch, a different few are left out each time.
     """
+    where = "manualgrad.train.epoch_permutation"
+    n, batch_size = positive_int(where, "n", n), positive_int(where, "batch_size", batch_size)
+    if n < batch_size:
+        fail(where, f"n={n} examples make no batch of batch_size={batch_size}")
     steps = n // batch_size
     return jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
 
@@ -113,8 +117,7 @@ def make_epoch(
     Returns:
       An :class:`Epoch`: ``epoch(params, opt_state, x, y, key[, state])``.
     """
-    if batch_size < 1:
-        fail("manualgrad.train.make_epoch", f"batch_size must be >= 1, got {batch_size}")
+    batch_size = positive_int("manualgrad.train.make_epoch", "batch_size", batch_size)
 
     def batches_of(x, y, key):
         n = num_examples("manualgrad.train.epoch", x=x, y=y)

@@ -12,7 +12,7 @@ import optax
 
 from manualgrad import checkpoint, parallel
 from manualgrad.core import Op
-from manualgrad.errors import fail
+from manualgrad.errors import fail, one_key
 from manualgrad.keys import epoch_key
 from manualgrad.nn import Layer
 from manualgrad.train.epochs import make_epoch
@@ -98,6 +98,7 @@ def fit(
       test metrics prefixed ``test_``. ``on_epoch`` and the result get this process's copies
       of params and state.
     """
+    one_key("manualgrad.train.fit", "key", key)
     place = parallel.Placement(mesh)
     x, y, x_test, y_test = place.data((data.x_train, data.y_train, data.x_test, data.y_test))
     metric_names(metric, y_test)

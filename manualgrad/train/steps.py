@@ -15,6 +15,7 @@ import optax
 
 from manualgrad import parallel
 from manualgrad.core import Op
+from manualgrad.errors import describe, fail
 from manualgrad.nn import Layer
 from manualgrad.train.gradients import gradient
 from manualgrad.trees import num_examples
@@ -38,13 +39,22 @@ def updater(
     value_and_grad = gradient(model, loss, grad, axis_name)
 
     def update(params, opt_state, state, batch, *, key=None):
-        x, y = batch
+        x, y = _pair(batch)
         value, grads, state = value_and_grad(params, state, x, y, key=key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, opt_state, state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
 
     return update
+
+
+def _pair(batch: Any) -> tuple[Any, Any]:
+    """``(x, y)`` from ``batch``, or an error saying what a step takes instead."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        got = f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else describe("batch", batch)
+        fail("manualgrad.train.step", f"batch must be the pair (x, y), got {got}; the step is "
+                                      "step(params, opt_state, (x, y), state=..., key=...)")
+    return batch[0], batch[1]
 
 
 def make_update(
@@ -121,8 +131,8 @@ def make_train_step(
     """
     update = updater(model, loss, optimizer, grad) if mesh is None else sharded_step(model, loss, optimizer, grad, mesh)
 
-    def edge(params, opt_state, batch, state=None, key=None):
+    def train_step(params, opt_state, batch, state=None, key=None):
         params, opt_state, new_state, metrics = update(params, opt_state, state, batch, key=key)
         return (params, opt_state, metrics) if state is None else (params, opt_state, metrics, new_state)
 
-    return jax.jit(edge, donate_argnums=(0, 1))
+    return jax.jit(train_step, donate_argnums=(0, 1))
