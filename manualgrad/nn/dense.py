@@ -7,10 +7,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from manualgrad import ops
-from manualgrad.errors import fail
+from manualgrad.errors import fail, positive_int
 from manualgrad.core import Op
 from manualgrad.nn.layer import Layer, stateless
 
@@ -31,9 +30,7 @@ def Linear(out_dim: int, init: str = "he", dtype: Any = jnp.float32) -> Layer:
       which balances the variance of activations and of gradients for tanh/sigmoid layers.
     """
     name = f"Linear({out_dim!r})"
-    if isinstance(out_dim, bool) or not isinstance(out_dim, (int, np.integer)) or out_dim < 1:
-        fail(f"manualgrad.nn.{name}", "out_dim must be a positive integer (the number of output features)")
-    out_dim = int(out_dim)
+    out_dim = positive_int(f"manualgrad.nn.{name}", "out_dim", out_dim)
     if init not in _INITS:
         fail(f"manualgrad.nn.{name}", f"init must be one of {_INITS}, got {init!r}")
 

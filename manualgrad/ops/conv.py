@@ -12,7 +12,7 @@ import numpy as np
 from jax import lax
 
 from manualgrad.core import Example, defop
-from manualgrad.errors import describe, fail, same_dtype
+from manualgrad.errors import describe, fail, positive_int, same_dtype
 from manualgrad.ops import windows
 
 _WHERE = "manualgrad.ops.conv2d"
@@ -90,8 +90,7 @@ def _check_conv2d(
         fail(_WHERE, f"impl={impl!r} must be one of {IMPLS}")
     if jnp.ndim(w) != 4:
         fail(_WHERE, f"{describe('w', w)}: w must be HWIO, shape (KH, KW, C_in // groups, C_out)")
-    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
-        fail(_WHERE, f"groups={groups!r} must be a positive int")
+    positive_int(_WHERE, "groups", groups)
     kh, kw, c_group, c_out = np.shape(w)
     c_in = c_group * groups
     if jnp.ndim(x) != 4:

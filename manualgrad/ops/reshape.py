@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualgrad.core import Example, defop
-from manualgrad.errors import describe, fail
+from manualgrad.errors import describe, fail, positive_int
 
 
 def _check_flatten(x: jax.Array) -> None:
@@ -47,8 +47,7 @@ flatten.defvjp(flatten_fwd, flatten_bwd)
 
 # -- split_heads / merge_heads ------------------------------------------------------------
 def _check_split_heads(x: jax.Array, heads: int) -> None:
-    if isinstance(heads, bool) or not isinstance(heads, (int, np.integer)) or heads < 1:
-        fail("manualgrad.ops.split_heads", f"heads={heads!r} must be a positive int")
+    positive_int("manualgrad.ops.split_heads", "heads", heads)
     if jnp.ndim(x) < 2 or np.shape(x)[-1] % heads:
         fail("manualgrad.ops.split_heads", f"{describe('x', x)}: x must be (..., T, D) with D divisible by heads={heads}")
 
