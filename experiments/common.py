@@ -191,7 +191,7 @@ class TaskExperiment(harness.Experiment):
     predicted against true test values)."""
 
     optimizer = SGD()
-    resume_keys = ("model",)  # the config's architecture: --resume refuses another model
+    resume_keys = ("task", "model")  # --resume refuses another dataset's or another model's checkpoint
 
     def __init__(self, description: str, models: Mapping[str, Task]):
         """``models``: ``--model``'s choices (``{"mlp": MNIST, "cnn": CNN_TASKS["mnist"]}``), the first the default."""

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -426,14 +425,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: PyTorch is not installed; install its CPU build with `pip install torch==2.13.0`", file=sys.stderr)
         return 1
     try:
+        out = flags.out_folder(args.out)
         result = compare(task, args)
     except flags.FlagError as e:
         p.error(str(e))
     except data.MissingDataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
     print(f"{task.name} {task.architecture}{' (dropout off)' if dropout_note(task) else ''}, {args.epochs} epochs, batch {args.batch_size}, {args.dtype}")
     print(table(result, task.metric))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 from typing import Any, Mapping
 
 from manualgrad import data, train
@@ -62,7 +63,7 @@ class Defaults:
 
 def add_size_flags(p: Any, defaults: Defaults, examples: str = "examples") -> None:
     """``--epochs`` and ``--batch-size`` (``examples``: what one training example is called, e.g. "windows")."""
-    p.add_argument("--epochs", type=int, **defaults.flag("epochs", "total number of epochs (also when resuming)"))
+    p.add_argument("--epochs", type=int, **defaults.flag("epochs", "total number of epochs"))
     p.add_argument("--batch-size", type=int, **defaults.flag("batch_size", f"{examples} per training step"))
 
 
@@ -98,7 +99,8 @@ def add_gradient_flags(p: Any) -> None:
 
 def add_resume_flags(p: Any) -> None:
     """``--resume`` and ``--no-progress``."""
-    p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue from OUT/{CHECKPOINT} up to --epochs in all (the same settings, no fewer epochs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -148,3 +150,14 @@ def check_batches(args: argparse.Namespace, train_examples: int, examples: str =
             f"{where} {train_examples} training {examples}, fewer than --batch-size {args.batch_size}: "
             "not one batch to train on (lower --batch-size or raise --limit)"
         )
+
+
+def out_folder(out: str | os.PathLike) -> pathlib.Path:
+    """``--out`` created (with its parents) before any work is done, or a :class:`FlagError`
+    saying why it cannot be."""
+    path = pathlib.Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FlagError(f"--out {path}: cannot create the folder ({e.strerror})") from None
+    return path

@@ -201,12 +201,17 @@ def main(experiment: Experiment, argv: Sequence[str] | None = None) -> int:
         metrics = run(experiment, experiment.models[model], args)
     except flags.FlagError as e:
         p.error(str(e))
-    except (data.MissingDataError, checkpoint.CheckpointError, train.NonFiniteError) as e:
+    except (data.MissingDataError, DataError, checkpoint.CheckpointError, train.NonFiniteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if runtime.is_writer():
         print(summary(experiment, experiment.models[model], args, metrics))
     return 0
+
+
+class DataError(Exception):
+    """A data file that is there but cannot be read (truncated, wrong columns): ``main`` prints
+    its message, which names the file, without a traceback."""
 
 
 def run(experiment: Experiment, model: ModelChoice, args: argparse.Namespace) -> dict[str, Any]:
@@ -227,10 +232,13 @@ def run(experiment: Experiment, model: ModelChoice, args: argparse.Namespace) ->
     # freed memory stays in the process, so each step's XLA temporaries land on warm pages
     # (manualgrad.malloc; a process-wide glibc setting, recorded in the config)
     reuse_memory = malloc.reuse_freed_memory()
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # process 0 prepares the dataset's cache, the others then read it
-    ds = parallel.one_process_first(lambda: limited(experiment.load(model, args), args.limit), "load the data")
+    out = flags.out_folder(args.out)
+    try:  # process 0 prepares the dataset's cache, the others then read it
+        ds = parallel.one_process_first(lambda: limited(experiment.load(model, args), args.limit), "load the data")
+    except flags.FlagError:
+        raise
+    except ValueError as e:  # a data file that is there but cannot be read
+        raise DataError(str(e)) from None
     flags.check_batches(args, len(ds.x_train), experiment.examples)
     mesh = runtime.mesh_for(args.devices, args.batch_size)
     init_key, shuffle_key = experiment.keys(args.seed)
@@ -264,12 +272,13 @@ def run(experiment: Experiment, model: ModelChoice, args: argparse.Namespace) ->
         "test": {k.removeprefix("test_"): v for k, v in last.items() if k.startswith("test_")},
         "step_loss": history.step_losses,
     }
-    files = experiment.files(setup, history)
     if runtime.is_writer():  # in a multi-process run one process writes the files
-        for name, text in files.items():
-            (out / name).write_text(text)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         outputs.save_figure(out / "curves.png", experiment.panels(setup, history))
+    files = experiment.files(setup, history)
+    if runtime.is_writer():
+        for name, text in files.items():
+            (out / name).write_text(text)
     return metrics
 
 

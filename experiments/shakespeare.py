@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from experiments import bpe, harness, outputs
-from experiments.flags import Defaults, require
+from experiments.flags import Defaults, FlagError, require
 from experiments.optimizers import AdamW
 from manualgrad import data, losses, nn, train
 
@@ -159,6 +159,10 @@ class Shakespeare(harness.Experiment):
         return self.tokenizer(args).load(args)
 
     def build(self, model: LanguageModel, args: argparse.Namespace, ds: data.Dataset) -> harness.Net:
+        try:  # before training, not after it: the sample is the last thing written
+            self.tokenizer(args).encode(args.prompt, ds)
+        except ValueError as e:
+            raise FlagError(f"--prompt {args.prompt!r}: {e}") from None
         return model.build(args, self.tokenizer(args).vocab_size(ds))
 
     def keys(self, seed: int) -> tuple[jax.Array, jax.Array]:

@@ -43,15 +43,22 @@ def save(path: str | os.PathLike, tree: Any, meta: dict[str, Any] | None = None)
     """Write ``tree`` (a pytree of arrays) and ``meta`` (JSON-serialisable) to ``path`` atomically."""
     path = pathlib.Path(path)
     leaves, treedef = jax.tree_util.tree_flatten(tree)
+    for i, leaf in enumerate(leaves):
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            raise CheckpointError(f"manualgrad.checkpoint.save: {path}: leaf {i} is a typed PRNG key; "
+                                  "save jax.random.key_data(key) and rebuild it with jax.random.wrap_key_data")
     leaves = [np.asarray(leaf) for leaf in leaves]
     header = {
         "format": FORMAT,
         "treedef": str(treedef),
-        "leaves": [{"shape": list(a.shape), "dtype": a.dtype.str} for a in leaves],
+        "leaves": [{"shape": list(a.shape), "dtype": a.dtype.name} for a in leaves],
         "sha256": _digest(leaves),
         "meta": meta or {},
     }
-    arrays = {f"leaf_{i:05d}": a for i, a in enumerate(leaves)}
+    # .npy knows NumPy's own dtypes only: others (bfloat16, float8) are stored as unsigned
+    # integers of their width and viewed back as the dtype the header names
+    arrays = {f"leaf_{i:05d}": a if np.dtype(a.dtype.str) == a.dtype else a.view(f"u{a.dtype.itemsize}")
+              for i, a in enumerate(leaves)}
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -60,6 +67,7 @@ def save(path: str | os.PathLike, tree: Any, meta: dict[str, Any] | None = None)
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; a checkpoint is like any file written
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
@@ -71,6 +79,12 @@ def save(path: str | os.PathLike, tree: Any, meta: dict[str, Any] | None = None)
         os.close(dir_fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _read(path: pathlib.Path, where: str) -> tuple[dict[str, Any], list[np.ndarray]]:
     """The verified header and leaves of the checkpoint at ``path`` (format and checksum checked)."""
     if not path.is_file():
@@ -78,7 +92,7 @@ def _read(path: pathlib.Path, where: str) -> tuple[dict[str, Any], list[np.ndarr
     try:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(z["header"].tobytes().decode())
-            leaves = [z[f"leaf_{i:05d}"] for i in range(len(header["leaves"]))]
+            leaves = [_as_written(z[f"leaf_{i:05d}"], leaf["dtype"]) for i, leaf in enumerate(header["leaves"])]
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{where}: truncated or corrupt ({type(e).__name__}: {e})") from None
     if header.get("format") != FORMAT:
@@ -86,6 +100,12 @@ def _read(path: pathlib.Path, where: str) -> tuple[dict[str, Any], list[np.ndarr
     if _digest(leaves) != header["sha256"]:
         raise CheckpointError(f"{where}: corrupt (the arrays do not match the checksum written with them)")
     return header, leaves
+
+
+def _as_written(a: np.ndarray, dtype: str) -> np.ndarray:
+    """A stored leaf as the dtype its header names (a bfloat16 leaf is stored as uint16)."""
+    want = np.dtype(jax.numpy.dtype(dtype))
+    return a if a.dtype == want or a.dtype.itemsize != want.itemsize else a.view(want)
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:

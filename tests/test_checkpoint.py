@@ -78,3 +78,26 @@ def test_read_meta_returns_the_verified_metadata_only(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(checkpoint.CheckpointError, match="read_meta: .*ck.npz: truncated or corrupt"):
         checkpoint.read_meta(path)
+
+
+def test_dtypes_npy_does_not_know_round_trip_and_keys_are_refused(tmp_path):
+    # .npy stores bfloat16 as a 2-byte void; the header's dtype name brings it back
+    path = tmp_path / "ck.npz"
+    t = {"w": jnp.asarray([[1.5, -2.0]], jnp.bfloat16), "b": jnp.ones(2, jnp.float32)}
+    checkpoint.save(path, t)
+    restored, _ = checkpoint.load(path, t)
+    assert restored["w"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(restored["w"], np.float32), [[1.5, -2.0]])
+    with pytest.raises(checkpoint.CheckpointError, match=r"leaf 0 is a typed PRNG key; save jax.random.key_data"):
+        checkpoint.save(tmp_path / "key.npz", {"k": jax.random.key(0)})
+
+
+def test_a_checkpoint_gets_the_permissions_of_any_new_file(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        checkpoint.save(tmp_path / "ck.npz", tree())
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "ck.npz").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -125,6 +126,24 @@ def test_corrupt_checkpoint_gets_a_clear_error(tiny, tmp_path, capsys):
     assert harness.main(experiment, [*argv, "--epochs", "2", "--resume"]) == 1
     err = capsys.readouterr().err
     assert "checkpoint.npz: truncated or corrupt" in err and "Traceback" not in err
+
+
+def test_resume_refuses_another_dataset_and_fewer_epochs_and_out_must_be_a_folder(tiny, tmp_path, capsys):
+    # Fashion-MNIST's MLP has MNIST's architecture: only the task tells their checkpoints apart
+    shutil.copytree(tiny / "mnist", tmp_path / "data" / "mnist")
+    shutil.copytree(tiny / "mnist", tmp_path / "data" / "fashion_mnist")
+    mnist, fashion = (common.experiment(name, "") for name in ("mnist", "fashion_mnist"))
+    argv = ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--no-progress", "--batch-size", "50"]
+    assert harness.main(mnist, [*argv, "--epochs", "2"]) == 0
+    capsys.readouterr()
+    assert harness.main(fashion, [*argv, "--epochs", "3", "--resume", "--lr", "0.1", "--decay-epochs", "10"]) == 1
+    assert "written with other settings (task: 'mnist' there, 'fashion_mnist' now)" in capsys.readouterr().err
+    assert harness.main(mnist, [*argv, "--epochs", "1", "--resume"]) == 1
+    assert "holds 2 epochs, more than epochs=1" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as e:
+        harness.main(mnist, [*argv, "--out", str(tmp_path / "file")])
+    assert e.value.code == 2 and "--out " in capsys.readouterr().err
 
 
 # Every flag that changes the training trajectory; written out here, not read from the code under test.
@@ -349,7 +368,9 @@ def test_shakespeare_resume_is_bit_identical_and_bad_flags_are_refused(tiny_text
     split = shakespeare_main(tiny_text, tmp_path / "split", "--epochs", 2, "--resume")
     assert without_timing(full["epochs"]) == without_timing(split["epochs"])
     assert (full_dir / "sample.txt").read_text() == (tmp_path / "split" / "sample.txt").read_text()
-    for flags, message in [(["--heads", "3"], "--heads 3 must divide --width 16"), (["--limit", "4"], "--limit 4 leaves 4 training windows, fewer than --batch-size 16")]:
+    for flags, message in [(["--heads", "3"], "--heads 3 must divide --width 16"),
+                           (["--limit", "4"], "--limit 4 leaves 4 training windows, fewer than --batch-size 16"),
+                           (["--prompt", "\u00e9"], "--prompt '\u00e9': manualgrad.data.shakespeare.encode: characters not in")]:
         with pytest.raises(SystemExit) as e:
             shakespeare.main(["--data-dir", str(tiny_text), "--out", str(tmp_path / "bad"), *TINY_LM, *flags])
         assert e.value.code == 2 and message in capsys.readouterr().err

@@ -198,6 +198,17 @@ def test_fit_resumed_is_bit_identical_to_uninterrupted(tmp_path):
     assert [e["epoch"] for e in resumed.epochs] == [1, 2, 3]
 
 
+def test_fit_config_round_trips_through_the_checkpoint_or_is_refused(tmp_path):
+    _, params, _, _ = problem(dtype=jnp.float32)
+    ds, path = dataset(), tmp_path / "ck.npz"
+    fit(ds, params, 1, checkpoint_path=path, config={"hidden": (4,), "lr": 0.3})
+    # a tuple comes back from the JSON header as a list: still the same settings
+    assert len(fit(ds, params, 2, checkpoint_path=path, resume=True, config={"hidden": (4,), "lr": 0.3}).epochs) == 2
+    with pytest.raises(ValueError, match=r"train.fit: config must hold JSON values only .*float32"):
+        fit(ds, params, 1, checkpoint_path=tmp_path / "other.npz", config={"lr": np.float32(0.3)})
+    assert not (tmp_path / "other.npz").exists()  # refused before training
+
+
 def test_fit_leaves_the_callers_params_usable():
     _, params, _, _ = problem(dtype=jnp.float32)
     fit(dataset(), params, 1)

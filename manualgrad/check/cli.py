@@ -23,7 +23,11 @@ def _select(ops: Sequence[str], modules: Sequence[str]) -> list[str]:
     chosen = []
     for module in modules:
         before = set(REGISTRY)
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise SystemExit(f"manualgrad.check: --module {module!r} cannot be imported ({type(e).__name__}: {e}); "
+                             "run from the folder that holds it, or put that folder on PYTHONPATH") from None
         mine = sorted(n for n in REGISTRY if n in set(REGISTRY) - before or n.startswith(module + "."))
         if not mine:
             raise SystemExit(f"manualgrad.check: module {module!r} registers no ops (define them with defop(examples=...))")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Callable, NamedTuple
@@ -99,6 +100,7 @@ def fit(
       of params and state.
     """
     one_key("manualgrad.train.fit", "key", key)
+    config = _as_json("config", config)
     place = parallel.Placement(mesh)
     x, y, x_test, y_test = place.data((data.x_train, data.y_train, data.x_test, data.y_test))
     metric_names(metric, y_test)
@@ -108,6 +110,10 @@ def fit(
     start, history, step_losses = (params, optimizer.init(params), state), [], []
     if resume:
         start, history, step_losses = _resumed(checkpoint_path, config, start)
+        if len(history) > epochs:
+            raise checkpoint.CheckpointError(
+                f"manualgrad.train.fit: {checkpoint_path} holds {len(history)} epochs, more than epochs={epochs}; "
+                "resume with at least as many epochs, or start afresh without resume")
     params, opt_state, state = place.put(start)
 
     began = time.perf_counter()
@@ -139,6 +145,16 @@ def fit(
         if on_epoch is not None:
             on_epoch(entry, place.get(params))
     return History(*place.get((params, opt_state)), history, compile_seconds, step_losses, place.get(state))
+
+
+def _as_json(name: str, value: Any) -> Any:
+    """``value`` as its JSON round trip (tuples become lists, as a checkpoint stores them), so that
+    a resumed run compares like with like; an error now for what JSON cannot hold."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as e:
+        fail("manualgrad.train.fit", f"{name} must hold JSON values only (str, int, float, bool, None, lists, "
+                                     f"dicts; convert NumPy scalars with float() or int()): {e}")
 
 
 def _resumed(path: str | os.PathLike | None, config: dict[str, Any] | None, like: tuple) -> tuple[tuple, list, list]:
