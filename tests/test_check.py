@@ -1,5 +1,7 @@
 """The verification tools themselves: reports, tolerances, Jacobians (seed 003)."""
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -206,5 +208,11 @@ def test_check_model_names_the_layer_with_a_wrong_rule():
     failing = {(layer.path, layer.name) for layer in report.layers if not layer.passed}
     assert ("2", "Sqrt") in failing and ("0", "Linear(6)") in failing  # the wrong rule and what lies before it
     assert ("3.head0", "Linear(3)") not in failing  # after it (in forward order) the gradients are right
+    # the backward reaches the wrong rule first: it is named the source, the layers before it downstream of it
+    assert report.sources() == {"float64": 2}
+    text = str(report)
+    assert re.search(r"\[2\] 2\s+Sqrt\s+FAILED <- the error enters here", text)
+    assert re.search(r"\[0\] 0\s+Linear\(6\)\s+FAILED \(downstream of \[2\]", text)
+    assert "scale" not in text.split("[1] 1")[0]  # no diagnosis printed for what only carries the error
     with pytest.raises(AssertionError, match=r"\[2\] 2\s+Sqrt\s+FAILED"):
         report.assert_ok()

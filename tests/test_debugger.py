@@ -283,3 +283,25 @@ def test_python_m_manualgrad_check_would_not_warn():
     import manualgrad  # noqa: F401
 
     assert "manualgrad.check.__main__" not in sys.modules and (ROOT / "manualgrad/check/__main__.py").exists()
+
+
+def test_a_wrong_forward_is_blamed_on_the_forward_and_one_number_rows_give_their_ratio():
+    @defop(name="test_debugger.cube_forward_scaled")
+    def cube(x):
+        return x ** 3
+
+    cube.defvjp(lambda x: (1.5 * x ** 3, x), lambda x, g: (3 * x * x * g,))
+    x = jnp.linspace(-1.0, 1.0, 6)
+    forward = check.check_vjp(cube, x).failed[0]
+    assert forward.what == "forward"
+    assert forward.diagnosis.startswith("scale 1.5 — forward is 1.5 times the reference everywhere: a constant "
+                                        "factor in the forward computation is wrong"), forward.diagnosis
+
+    @defop(name="test_debugger.cube_tripled")
+    def tripled(x):
+        return x ** 3
+
+    tripled.defvjp(lambda x: (x ** 3, x), lambda x, g: (9 * x * x * g,))
+    fd = check.check_vjp(tripled, x, method="fd").failed[0]  # a directional check compares one number
+    assert "manual / reference = 3" in fd.diagnosis and "method='reference'" in fd.diagnosis, fd.diagnosis
+    assert check.check_vjp(tripled, x).failed[0].diagnosis.startswith("scale 3 ")  # every element: certain

@@ -113,9 +113,10 @@ def diagnose(
         or _sign(name, flat_got, flat_want, bound)
         or _scale(name, flat_got, flat_want, rtol, atol, scale)
         or _transpose(name, got, want, bound)
-        or f"unexplained — {name} differs from the reference by up to {float(np.max(errors[k])) / (scale or 1):.3g} of "
-        "the reference's largest value, and no constant factor, sign flip, missing term (zeros), transpose or "
-        "ignored cotangent explains it: recheck the derivation at the element below"
+        or (_one_number(name, flat_got, flat_want) if flat_want.size == 1 else
+            f"unexplained — {name} differs from the reference by up to {float(np.max(errors[k])) / (scale or 1):.3g} of "
+            "the reference's largest value, and no constant factor, sign flip, missing term (zeros), transpose or "
+            "ignored cotangent explains it: recheck the derivation at the element below")
     )
     return Finding(worst, text, got[k], want[k])
 
@@ -158,19 +159,24 @@ def _cotangent(name: str, got: np.ndarray, doubled: np.ndarray, bound: float) ->
             "by 2. A backward is linear in g (the chain rule: x_bar = g times the derivative): multiply by g, once")
 
 
+def _part(name: str) -> str:
+    """What a row's mistake is in: the forward computation for a forward output, else the derivative."""
+    return "the forward computation" if name.startswith("forward") else "the derivative"
+
+
 def _zero(name: str, got: np.ndarray, want: np.ndarray, bound: float, atol: float) -> str | None:
     differs = error_map(got, want) > bound
     if not differs.any() or np.any(np.abs(got[differs]) > atol):
         return None
     missing, nonzero = int(np.sum(differs)), int(np.sum(np.abs(want) > bound))
     where = "wherever the reference is nonzero" if missing >= nonzero else f"at {missing} of the {nonzero} elements where the reference is not"
-    return f"zero — {name} is 0 {where}: a term, a branch or a mask of the derivative is missing"
+    return f"zero — {name} is 0 {where}: a term, a branch or a mask of {_part(name)} is missing"
 
 
 def _sign(name: str, got: np.ndarray, want: np.ndarray, bound: float) -> str | None:
     if np.max(error_map(-got, want), initial=0.0) > bound:
         return None
-    return f"sign — {name} is minus the reference everywhere: the derivative has the wrong sign"
+    return f"sign — {name} is minus the reference everywhere: {_part(name)} has the wrong sign"
 
 
 def _scale(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: float, scale: float) -> str | None:
@@ -180,7 +186,15 @@ def _scale(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: floa
     c = float(np.dot(got[finite], want[finite]) / np.dot(want[finite], want[finite]))
     if np.max(error_map(got, c * want), initial=0.0) > atol + rtol * max(1.0, abs(c)) * scale:
         return None
-    return f"scale {c:.7g} — {name} is {c:.7g} times the reference everywhere: a constant factor in the derivative is wrong"
+    return f"scale {c:.7g} — {name} is {c:.7g} times the reference everywhere: a constant factor in {_part(name)} is wrong"
+
+
+def _one_number(name: str, got: np.ndarray, want: np.ndarray) -> str:
+    """A row of one number (a directional check, v^T J u): its ratio, which one number cannot pin down."""
+    ratio = f"manual / reference = {float(got[0]) / float(want[0]):.7g}" if want[0] else f"the reference is 0, manual {float(got[0]):.4g}"
+    return (f"unexplained — {name} is one number (a projection of the cotangent), {ratio}: a ratio such as 2, 0.5 or "
+            "-1 suggests a constant factor or a sign, but one number cannot tell; compare every element with "
+            "method='reference' for a diagnosis")
 
 
 def _transpose(name: str, got: Sequence[np.ndarray], want: Sequence[np.ndarray], bound: float) -> str | None:

@@ -41,13 +41,31 @@ class ModelReport:
     def passed(self) -> bool:
         return all(layer.passed for layer in self.layers)
 
+    def sources(self) -> dict[str, int]:
+        """Per dtype, the index of the failing layer nearest the output: the backward pass reaches it
+        first, so the error enters there (every layer after it passes); the failures before it may
+        only carry its error. Dtypes where no layer's gradients fail are left out."""
+        found: dict[str, int] = {}
+        for layer in self.layers:
+            if layer.name != "loss" and not layer.passed:
+                found[layer.dtype] = max(found.get(layer.dtype, -1), layer.index)
+        return found
+
     def __str__(self) -> str:
         lines = ["gradients of the manual and explicit passes against jax.grad of the references "
                  "(max relative error, normwise per array)"]
+        sources = self.sources()
         for layer in self.layers:
             cells = "  ".join(f"{r.what} {r.max_rel:.1e}" if not r.error else f"{r.what} {r.error}" for r in layer.rows)
-            lines.append(f"  {layer.dtype:<8} [{layer.index}] {layer.path or '-':<10} {layer.name:<12} "
-                         f"{'ok' if layer.passed else 'FAILED'}  {cells}")
+            source = sources.get(layer.dtype)
+            status = "ok" if layer.passed else "FAILED"
+            if not layer.passed and layer.name != "loss" and source is not None:
+                status += (" <- the error enters here: every layer after it passes" if layer.index == source else
+                           f" (downstream of [{source}] in the backward pass: may only carry its error; recheck "
+                           f"after fixing [{source}])")
+            lines.append(f"  {layer.dtype:<8} [{layer.index}] {layer.path or '-':<10} {layer.name:<12} {status}  {cells}")
+            if layer.passed or (source is not None and layer.index < source):
+                continue
             for r in layer.rows:
                 if not r.passed:
                     lines += [f"      {r.what}: " + r.explain().replace("\n", "\n        "), f"      {r}"]
