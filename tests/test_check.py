@@ -216,3 +216,15 @@ def test_check_model_names_the_layer_with_a_wrong_rule():
     assert "scale" not in text.split("[1] 1")[0]  # no diagnosis printed for what only carries the error
     with pytest.raises(AssertionError, match=r"\[2\] 2\s+Sqrt\s+FAILED"):
         report.assert_ok()
+
+
+# -- narrow dtypes ----------------------------------------------------------------------
+def test_narrow_dtypes_allow_the_references_own_rounding_and_still_catch_a_mistake():
+    # softmax's sums round in bfloat16: by up to 2e-2 for jax.vjp of the reference itself, so a
+    # fixed 2e-2 failed the correct rule; the tolerance now follows the reference's own error
+    for dtype in (jnp.bfloat16, jnp.float16):
+        assert all(r.passed for r in check.check_op(ops.softmax, dtypes=(dtype,))), dtype
+    x = jnp.linspace(0.5, 2.0, 12, dtype=jnp.bfloat16).reshape(3, 4)
+    ok, wrong = (check.check_vjp(planted_sqrt(kind), x) for kind in ("correct", "finite factor"))
+    assert ok.passed and ok.rows[1].rtol == check.TOLERANCES[jnp.dtype(jnp.bfloat16)][0]  # sqrt rounds little
+    assert wrong.failed[0].diagnosis.startswith("scale 1.99")  # 2, to bfloat16 rounding

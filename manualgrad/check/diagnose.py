@@ -184,6 +184,8 @@ def _scale(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: floa
     if np.sum(np.abs(want[finite]) > atol + rtol * scale) < 2:  # one number fits any factor: no evidence
         return None
     c = float(np.dot(got[finite], want[finite]) / np.dot(want[finite], want[finite]))
+    if abs(c - 1.0) <= rtol:  # a factor the tolerance itself allows is rounding, not a mistake
+        return None
     if np.max(error_map(got, c * want), initial=0.0) > atol + rtol * max(1.0, abs(c)) * scale:
         return None
     return f"scale {c:.7g} — {name} is {c:.7g} times the reference everywhere: a constant factor in {_part(name)} is wrong"
@@ -192,9 +194,9 @@ def _scale(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: floa
 def _one_number(name: str, got: np.ndarray, want: np.ndarray) -> str:
     """A row of one number (a directional check, v^T J u): its ratio, which one number cannot pin down."""
     ratio = f"manual / reference = {float(got[0]) / float(want[0]):.7g}" if want[0] else f"the reference is 0, manual {float(got[0]):.4g}"
-    return (f"unexplained — {name} is one number (a projection of the cotangent), {ratio}: a ratio such as 2, 0.5 or "
-            "-1 suggests a constant factor or a sign, but one number cannot tell; compare every element with "
-            "method='reference' for a diagnosis")
+    return (f"unexplained — {name} is a single number, {ratio}: a ratio such as 2, 0.5 or "
+            "-1 suggests a constant factor or a sign, but one number cannot tell; a comparison of every element "
+            "(method='reference', on an example of more than one element) can")
 
 
 def _transpose(name: str, got: Sequence[np.ndarray], want: Sequence[np.ndarray], bound: float) -> str | None:
