@@ -162,10 +162,10 @@ def _narrow_tolerances(reference_pullback: Callable, args: tuple, ct: Any, ref: 
     y32, cts32 = reference_pullback(*wide)
     out = []
     for narrow, exact in zip((ref[0], *ref[1]), (y32, *cts32)):
-        pairs = [(compare(a, b), b) for a, b in zip(jax.tree_util.tree_leaves(narrow), jax.tree_util.tree_leaves(exact))
-                 if jnp.issubdtype(jnp.result_type(b), jnp.floating)]
-        scale = max((c[1] for c, _ in pairs), default=0.0)
-        own = max((c[0] for c, _ in pairs), default=0.0) / scale if scale else 0.0
+        errors = [compare(a, b) for a, b in zip(jax.tree_util.tree_leaves(narrow), jax.tree_util.tree_leaves(exact))
+                  if jnp.issubdtype(jnp.result_type(b), jnp.floating)]  # (max_abs, scale) per leaf
+        scale = max((s for _, s in errors), default=0.0)
+        own = max((e for e, _ in errors), default=0.0) / scale if scale else 0.0
         out.append((max(tol[0], 4 * own), tol[1]))
     return out
 
