@@ -58,7 +58,39 @@ CASES = {
     "multitask-count": (lambda: losses.multitask(losses.mse, losses.mse)((X,), (X, X)),
                         r"preds must be a tuple with one entry per loss \(2\), got a tuple of 1"),
     "fit-key-int": (lambda: _fit(3), r"train.fit: key=3: key must be one PRNG key"),
+    # containers zipped params with their children: a short tuple ran a cut-down network
+    "serial-params-short": (lambda: _serial_params(slice(0, 2)),
+                            r"nn.serial: params must be a tuple with one entry per child \(3\), as init returns "
+                            r"it; got tuple of length 2"),
+    "serial-params-long": (lambda: _serial_params(slice(None), extra=((),)), r"got tuple of length 4"),
+    "fanout-y_bar-short": (lambda: _fanout_bwd_short(), r"nn.fanout\(2\): y_bar must be a tuple with one entry per child"),
+    "Conv2D-kernel-of-three": (lambda: nn.Conv2D(3, (3, 3, 3)),
+                               r"nn.Conv2D\(3, \(3, 3, 3\)\): kernel_size=\(3, 3, 3\) must be an int or a pair"),
+    "PositionalEmbedding-init-too-long": (lambda: nn.PositionalEmbedding(8).init(KEY, (2, 20, 6)),
+                                          r"input_shape=\(2, 20, 6\) has a context of T=20 positions, longer than "
+                                          r"the position table \(max_len=8\)"),
+    "LSTM-input-of-three": (lambda: _lstm(lambda x: [x, jnp.array([5, 2]), 1]),
+                            r"nn.LSTM\(3\): the input must be x, .* or the pair \(x, lengths\); got a list of 3"),
 }
+
+
+def _serial_params(part, extra=()):
+    model = nn.serial(nn.Linear(3), nn.Tanh(), nn.Linear(2))
+    _, params = model.init(KEY, (2, 6))
+    return model.apply(params[part] + extra, jnp.ones((2, 6), jnp.float32))
+
+
+def _fanout_bwd_short():
+    model = nn.fanout(nn.Linear(3), nn.Linear(2))
+    _, params = model.init(KEY, (2, 6))
+    _, res = model.fwd(params, jnp.ones((2, 6), jnp.float32))
+    return model.bwd(res, (jnp.ones((2, 3), jnp.float32),))
+
+
+def _lstm(wrap):
+    layer = nn.LSTM(3)
+    _, params = layer.init(KEY, (2, 5, 6))
+    return layer.apply(params, wrap(jnp.ones((2, 5, 6), jnp.float32)))
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -74,3 +106,5 @@ def test_the_good_forms_of_those_arguments_still_work():
     assert train.epoch_permutation(KEY, 10, np.int64(3)).shape == (3, 3)
     assert float(losses.scaled(losses.mse, np.float32(0.5))(jnp.ones(2), jnp.zeros(2))) == 0.5
     assert len(_fit(jax.random.key(1)).epochs) == 1 and len(_fit(KEY).epochs) == 1
+    assert _serial_params(slice(None)).shape == (2, 2)
+    assert _lstm(lambda x: (x, [5, 2]))[0].shape == (2, 5, 3)  # lengths as a Python list

@@ -229,17 +229,19 @@ def init_state(layer: Layer, input_shape: tuple) -> tuple[Any, Any]:
     return layer.init_state(tuple(input_shape))
 
 
-def _child_states(state: Any, n: int, where: str) -> tuple:
-    """A container's state split into its children's (None: the caller tracks none)."""
-    if state is None:
+def _per_child(what: str, value: Any, n: int, where: str) -> tuple:
+    """A container's params, state or output cotangents (``what``) split into its ``n``
+    children's; a state of None (the caller tracks none) is None for each."""
+    if what == "state" and value is None:
         return (None,) * n
-    if not isinstance(state, tuple) or len(state) != n:
+    if not isinstance(value, (tuple, list)) or len(value) != n:
+        source = {"params": "init", "state": "init_state"}.get(what)
         fail(
             f"manualgrad.nn.{where}",
-            f"state must be a tuple with one entry per child ({n}), as init_state returns it; got "
-            f"{type(state).__name__} of length {len(state) if isinstance(state, tuple) else '-'}",
+            f"{what} must be a tuple with one entry per child ({n}){f', as {source} returns it' if source else ''}; "
+            f"got {type(value).__name__}{f' of length {len(value)}' if isinstance(value, (tuple, list)) else ''}",
         )
-    return state
+    return tuple(value)
 
 
 def _gather(states: list, given: Any) -> Any:
@@ -269,7 +271,7 @@ def serial(*layers: Layer) -> Layer:
 
     def call(params, state, x, *, key=None, train=False):
         states = []
-        for i, (layer, p, s) in enumerate(zip(layers, params, _child_states(state, len(layers), "serial"))):
+        for i, (layer, p, s) in enumerate(zip(layers, _per_child("params", params, len(layers), "serial"), _per_child("state", state, len(layers), "serial"))):
             with trace.scope(str(i)):
                 x, s = layer.call(p, s, x, key=child_key(key, i), train=train)
             states.append(s)
@@ -277,7 +279,7 @@ def serial(*layers: Layer) -> Layer:
 
     def forward(params, state, x, *, key=None, train=False):
         res, states = [], []
-        for i, (layer, p, s) in enumerate(zip(layers, params, _child_states(state, len(layers), "serial"))):
+        for i, (layer, p, s) in enumerate(zip(layers, _per_child("params", params, len(layers), "serial"), _per_child("state", state, len(layers), "serial"))):
             with trace.scope(str(i)):
                 x, s, r = layer.forward(p, s, x, key=child_key(key, i), train=train)
             res.append(r)
@@ -319,7 +321,7 @@ def fanout(*branches: Layer) -> Layer:
     def call(params, state, x, *, key=None, train=False):
         x = trace.tap(x)
         ys, states = [], []
-        for i, (b, p, s) in enumerate(zip(branches, params, _child_states(state, len(branches), name))):
+        for i, (b, p, s) in enumerate(zip(branches, _per_child("params", params, len(branches), name), _per_child("state", state, len(branches), name))):
             with trace.scope(f"head{i}"):
                 y, s = b.call(p, s, x, key=child_key(key, i), train=train)
             ys.append(y)
@@ -329,7 +331,7 @@ def fanout(*branches: Layer) -> Layer:
     def forward(params, state, x, *, key=None, train=False):
         ys, res, states = [], [], []
         slot = trace.record_forward(name, x, None)
-        for i, (b, p, s) in enumerate(zip(branches, params, _child_states(state, len(branches), name))):
+        for i, (b, p, s) in enumerate(zip(branches, _per_child("params", params, len(branches), name), _per_child("state", state, len(branches), name))):
             with trace.scope(f"head{i}"):
                 y, s, r = b.forward(p, s, x, key=child_key(key, i), train=train)
             ys.append(y)
@@ -341,7 +343,7 @@ def fanout(*branches: Layer) -> Layer:
     def bwd(res, y_bars):
         res, slot = res
         params_bar, x_bar = [], None
-        for b, r, g in zip(branches, res, y_bars):
+        for b, r, g in zip(branches, res, _per_child("y_bar", y_bars, len(branches), name)):
             pb, xb = b.bwd(r, g)
             params_bar.append(pb)
             x_bar = xb if x_bar is None else jax.tree_util.tree_map(jnp.add, x_bar, xb)

@@ -63,7 +63,12 @@ _KINDS = {
 
 def _unpack(x: Any) -> tuple[Any, Any]:
     """``(x, lengths)`` from a layer input: the pair, or a plain array (lengths None)."""
-    return tuple(x) if isinstance(x, (tuple, list)) else (x, None)
+    if not isinstance(x, (tuple, list)):
+        return x, None
+    if len(x) != 2:
+        raise ValueError(f"the input must be x, shape (N, T, D), or the pair (x, lengths); got a {type(x).__name__} "
+                         f"of {len(x)}")
+    return x[0], None if x[1] is None else jnp.asarray(x[1])
 
 
 def _unpack_shape(shape: tuple) -> tuple[tuple, Any]:

@@ -83,20 +83,22 @@ def PositionalEmbedding(max_len: int, kind: str = "learned", std: float = 0.02, 
     if kind not in _POSITIONS:
         fail(f"manualgrad.nn.{name}", f"kind must be one of {_POSITIONS}, got {kind!r}")
 
-    def positions(x):
-        if jnp.ndim(x) < 2:
-            raise ValueError(f"x.shape={np.shape(x)} must be (..., T, D)")
-        t = np.shape(x)[-2]
+    def fits(shape, what):
+        if len(shape) < 2:
+            raise ValueError(f"{what}={tuple(shape)} must be (..., T, D)")
+        t = shape[-2]
         if t > max_len:
             raise ValueError(
-                f"x.shape={np.shape(x)} has a context of T={t} positions, longer than the position table "
+                f"{what}={tuple(shape)} has a context of T={t} positions, longer than the position table "
                 f"(max_len={max_len}): build the layer with max_len >= {t}, or feed at most {max_len} positions"
             )
-        return jnp.arange(t)
+        return t
+
+    def positions(x):
+        return jnp.arange(fits(np.shape(x), "x.shape"))
 
     def init(key, input_shape):
-        if len(input_shape) < 2:
-            raise ValueError(f"input_shape={tuple(input_shape)} must be (..., T, D)")
+        fits(input_shape, "input_shape")
         if kind == "sinusoidal":
             return tuple(input_shape), ()
         return tuple(input_shape), {"table": jax.random.normal(key, (max_len, input_shape[-1]), dtype) * std}

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from manualgrad import ops
 from manualgrad.nn.dense import from_op
-from manualgrad.errors import positive_int
+from manualgrad.errors import fail, positive_int
 from manualgrad.nn.layer import Layer, stateless
 
 __all__ = ["Conv2D", "MaxPool2D", "AvgPool2D"]
@@ -26,8 +26,12 @@ def _output_shape(op, input_shape: tuple, *args: Any, **static: Any) -> tuple:
     return tuple(jax.eval_shape(lambda x, *a: op(x, *a, **static), x, *args).shape)
 
 
-def _pair(value: Any) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+def _pair(value: Any, where: str, name: str) -> tuple[int, int]:
+    """``value`` as a pair: an int for both axes, or two ints."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2:
+        fail(where, f"{name}={value!r} must be an int or a pair of ints (height, width)")
+    return pair
 
 
 def Conv2D(
@@ -47,8 +51,9 @@ def Conv2D(
     (as :func:`Linear`'s default), bias zero.
     """
     name = f"Conv2D({out_channels!r}, {kernel_size!r})"
-    out_channels = positive_int(f"manualgrad.nn.{name}", "out_channels", out_channels)
-    kh, kw = (positive_int(f"manualgrad.nn.{name}", "kernel_size", k) for k in _pair(kernel_size))
+    where = f"manualgrad.nn.{name}"
+    out_channels = positive_int(where, "out_channels", out_channels)
+    kh, kw = (positive_int(where, "kernel_size", k) for k in _pair(kernel_size, where, "kernel_size"))
     static = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
 
     def init(key, input_shape):
