@@ -71,7 +71,27 @@ CASES = {
                                           r"the position table \(max_len=8\)"),
     "LSTM-input-of-three": (lambda: _lstm(lambda x: [x, jnp.array([5, 2]), 1]),
                             r"nn.LSTM\(3\): the input must be x, .* or the pair \(x, lengths\); got a list of 3"),
+    "BatchNorm-state-of-a-stateless-layer": (lambda: _batch_norm(()), r"nn.BatchNorm\(momentum=0.1\): state must be "
+                                             r"the running statistics \{'mean', 'var'\} that init_state returns"),
+    "BatchNorm-eps-negative": (lambda: nn.BatchNorm(eps=-1.0), r"nn.BatchNorm\(momentum=0.1\): eps must be positive"),
+    "GRU-bidirectional-params": (lambda: _gru(True, False), r"nn.GRU\(3\): params must be the dict init returns, keys "
+                                                          r"\['bh', 'bx', 'wh', 'wx'\], for bidirectional=False; got "
+                                                          r"\['forward', 'reverse'\]"),
+    "GRU-one-direction-params": (lambda: _gru(False, True), r"keys \['forward', 'reverse'\] \(each a dict of"),
+    "LSTM-init-lengths-shape": (lambda: nn.LSTM(3).init(KEY, ((2, 5, 6), (3,))),
+                                r"nn.LSTM\(3\): input_shape=.*the lengths must be \(N,\)=\(2,\)"),
 }
+
+
+def _batch_norm(state):
+    layer = nn.BatchNorm()
+    _, params = layer.init(KEY, (4, 3))
+    return layer.apply(params, jnp.ones((4, 3), jnp.float32), state=state)
+
+
+def _gru(params_bidirectional, layer_bidirectional):
+    _, params = nn.GRU(3, bidirectional=params_bidirectional).init(KEY, (2, 5, 6))
+    return nn.GRU(3, bidirectional=layer_bidirectional).apply(params, jnp.ones((2, 5, 6), jnp.float32))
 
 
 def _serial_params(part, extra=()):

@@ -43,6 +43,14 @@ def LayerNorm(eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
     return stateless(f"LayerNorm(eps={eps:g})", lambda key, s: _affine_params(s, dtype), apply, fwd, bwd)
 
 
+def _statistics(state: Any) -> None:
+    """Fail unless ``state`` is batch norm's running statistics, the dict ``init_state`` returns."""
+    if not isinstance(state, dict) or set(state) != {"mean", "var"}:
+        got = sorted(state) if isinstance(state, dict) else f"{type(state).__name__} {state!r}"[:80]
+        raise ValueError(f"state must be the running statistics {{'mean', 'var'}} that init_state returns "
+                         f"(() is a stateless layer's state); got {got}")
+
+
 def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
     """Batch normalisation over every axis but the last (channels), PyTorch's convention.
 
@@ -59,8 +67,11 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype: Any = jnp.float32
     name = f"BatchNorm(momentum={momentum:g})"
     if not 0 <= momentum <= 1:
         fail(f"manualgrad.nn.{name}", f"momentum must be in [0, 1], got {momentum!r}")
+    if not eps > 0:
+        fail(f"manualgrad.nn.{name}", f"eps must be positive (it keeps 1 / sqrt(var + eps) finite), got {eps!r}")
 
     def running(state, x):
+        _statistics(state)
         axes = tuple(range(x.ndim - 1))
         m = math.prod(x.shape[:-1])
         xs = jax.lax.stop_gradient(x).astype(state["mean"].dtype)
@@ -77,6 +88,7 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype: Any = jnp.float32
                 "layer's state: pass state=... (from model.init_state, or returned by training), "
                 "or train=True for batch statistics"
             )
+        _statistics(state)
         return x, params["gamma"], params["beta"], state["mean"], state["var"]
 
     def call(params, state, x, *, key, train):

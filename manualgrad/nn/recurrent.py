@@ -148,6 +148,8 @@ def _recurrent(kind_name: str, hidden: int, bidirectional: bool, output: str, dt
         if len(x_shape) != 3:
             raise ValueError(f"input_shape={tuple(input_shape)} must be (N, T, D), or ((N, T, D), (N,)) with lengths")
         n, t, d = x_shape
+        if lengths_shape is not None and tuple(lengths_shape) != (n,):
+            raise ValueError(f"input_shape={tuple(input_shape)}: the lengths must be (N,)=({n},), one per sequence")
         width = kind.gates * hidden
         shapes = (("wx", (d, width)), ("wh", (hidden, width)), *((b, (width,)) for b in kind.biases))
         keys = jax.random.split(key, len(directions))
@@ -158,6 +160,13 @@ def _recurrent(kind_name: str, hidden: int, bidirectional: bool, output: str, dt
         return _pack((n, t, width_out), lengths_shape), params if bidirectional else params["forward"]
 
     def per_direction(params):
+        weights = {"wx", "wh", *kind.biases}
+        expected = set(directions) if bidirectional else weights
+        if not isinstance(params, dict) or set(params) != expected:
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ValueError(f"params must be the dict init returns, keys {sorted(expected)}"
+                             f"{f' (each a dict of {sorted(weights)})' if bidirectional else ''}, for "
+                             f"bidirectional={bidirectional}; got {got}")
         return [(params[d] if bidirectional else params, d == "reverse") for d in directions]
 
     def arguments(p, x, lengths):
