@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["fail", "blame", "describe", "same_dtype", "positive_int", "one_key"]
+__all__ = ["fail", "blame", "describe", "same_dtype", "positive_int", "real_number", "one_key"]
 
 
 def fail(where: str, message: str) -> NoReturn:
@@ -70,6 +70,14 @@ def positive_int(where: str, name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         fail(where, f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def real_number(where: str, name: str, value: Any, hint: str = "") -> float:
+    """``value`` as a float, or a ValueError naming ``where`` and the argument ``name`` (``hint``
+    follows "must be a real number" in the message)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        fail(where, f"{name}={value!r} must be a real number{hint}")
+    return float(value)
 
 
 def one_key(where: str, name: str, key: Any) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from jax import lax
 
 from manualgrad.core import Example, Op, defop, register
-from manualgrad.errors import describe, fail
+from manualgrad.errors import describe, fail, real_number
 from manualgrad.linear_cross_entropy import head_cross_entropy, linear_softmax_cross_entropy
 
 __all__ = [
@@ -271,9 +271,7 @@ def scaled(loss: Op, factor: float) -> Op:
     backward for the upstream $a\, g$: ``loss.bwd(res, factor * g)``. Seed 002's printed
     gradients, for instance, are those of ``scaled(mse, 0.5)``.
     """
-    if isinstance(factor, bool) or not isinstance(factor, (int, float, np.integer, np.floating)):
-        fail("manualgrad.losses.scaled", f"factor={factor!r} must be a real number (a Python or NumPy scalar)")
-    factor = float(factor)
+    factor = real_number("manualgrad.losses.scaled", "factor", factor, " (a Python or NumPy scalar)")
 
     def reference(pred, target):
         return factor * loss.reference(pred, target)

@@ -244,6 +244,11 @@ def _per_child(what: str, value: Any, n: int, where: str) -> tuple:
     return tuple(value)
 
 
+def _children(params: Any, state: Any, n: int, where: str) -> zip:
+    """``(params_i, state_i)`` per child of a container, both split by :func:`_per_child`."""
+    return zip(_per_child("params", params, n, where), _per_child("state", state, n, where))
+
+
 def _gather(states: list, given: Any) -> Any:
     return None if given is None else tuple(states)
 
@@ -271,7 +276,7 @@ def serial(*layers: Layer) -> Layer:
 
     def call(params, state, x, *, key=None, train=False):
         states = []
-        for i, (layer, p, s) in enumerate(zip(layers, _per_child("params", params, len(layers), "serial"), _per_child("state", state, len(layers), "serial"))):
+        for i, (layer, (p, s)) in enumerate(zip(layers, _children(params, state, len(layers), "serial"))):
             with trace.scope(str(i)):
                 x, s = layer.call(p, s, x, key=child_key(key, i), train=train)
             states.append(s)
@@ -279,7 +284,7 @@ def serial(*layers: Layer) -> Layer:
 
     def forward(params, state, x, *, key=None, train=False):
         res, states = [], []
-        for i, (layer, p, s) in enumerate(zip(layers, _per_child("params", params, len(layers), "serial"), _per_child("state", state, len(layers), "serial"))):
+        for i, (layer, (p, s)) in enumerate(zip(layers, _children(params, state, len(layers), "serial"))):
             with trace.scope(str(i)):
                 x, s, r = layer.forward(p, s, x, key=child_key(key, i), train=train)
             res.append(r)
@@ -321,7 +326,7 @@ def fanout(*branches: Layer) -> Layer:
     def call(params, state, x, *, key=None, train=False):
         x = trace.tap(x)
         ys, states = [], []
-        for i, (b, p, s) in enumerate(zip(branches, _per_child("params", params, len(branches), name), _per_child("state", state, len(branches), name))):
+        for i, (b, (p, s)) in enumerate(zip(branches, _children(params, state, len(branches), name))):
             with trace.scope(f"head{i}"):
                 y, s = b.call(p, s, x, key=child_key(key, i), train=train)
             ys.append(y)
@@ -331,7 +336,7 @@ def fanout(*branches: Layer) -> Layer:
     def forward(params, state, x, *, key=None, train=False):
         ys, res, states = [], [], []
         slot = trace.record_forward(name, x, None)
-        for i, (b, p, s) in enumerate(zip(branches, _per_child("params", params, len(branches), name), _per_child("state", state, len(branches), name))):
+        for i, (b, (p, s)) in enumerate(zip(branches, _children(params, state, len(branches), name))):
             with trace.scope(f"head{i}"):
                 y, s, r = b.forward(p, s, x, key=child_key(key, i), train=train)
             ys.append(y)

@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 
 from manualgrad.core import Example, defop
-from manualgrad.errors import describe, fail, positive_int, same_dtype
+from manualgrad.errors import describe, fail, positive_int, real_number, same_dtype
 
 _WHERE = "manualgrad.ops.attention"
 
@@ -44,8 +44,8 @@ def _check_attention(
         if jnp.result_type(mask) != jnp.bool_:
             fail(_WHERE, f"{describe('mask', mask)}: mask must be boolean (True = attend)")
     same_dtype(_WHERE, q=q, k=k, v=v)
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating))):
-        fail(_WHERE, f"scale={scale!r} must be a real number (a static parameter) or None for 1/sqrt(d)")
+    if scale is not None:
+        real_number(_WHERE, "scale", scale, " (a static parameter) or None for 1/sqrt(d)")
     positive_int(_WHERE, "block", block)
 
 
