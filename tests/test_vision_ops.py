@@ -66,7 +66,12 @@ BAD = [
     (ops.conv2d, (z(1, 4, 4, 3), z(3, 3, 3, 4), z(5)), {},
      r"ops.conv2d: b.shape=\(5,\) does not match w.shape=\(3, 3, 3, 4\): b needs shape \(C_out,\)=\(4,\)"),
     (ops.conv2d, (z(1, 4, 4, 3), z(3, 3, 3, 4), z(4)), {"impl": "cudnn"},
-     r"ops.conv2d: impl='cudnn' must be one of \('auto', 'gemm', 'xla'\)"),
+     r"ops.conv2d: impl='cudnn' must be one of \('auto', 'gemm', 'xla', 'winograd'\)"),
+    (ops.conv2d, (z(1, 6, 6, 3), z(3, 3, 3, 4), z(4)), {"impl": "winograd", "stride": 2},
+     r"ops.conv2d: impl='winograd' needs a 3x3 kernel, stride 1, dilation 1 and groups=1; got w.shape=\(3, 3, 3, 4\), "
+     r"stride=\(2, 2\)"),
+    (ops.conv2d, (z(1, 6, 6, 3), z(5, 5, 3, 4), z(4)), {"impl": "winograd"},
+     r"ops.conv2d: impl='winograd' needs a 3x3 kernel.*w.shape=\(5, 5, 3, 4\)"),
     (ops.max_pool2d, (z(4, 4, 3),), {"window": 2}, r"ops.max_pool2d: x.shape=\(4, 4, 3\) float.*x must be NHWC"),
     (ops.max_pool2d, (z(1, 4, 4, 3),), {"window": 0}, r"ops.max_pool2d: window=0 must be a positive int"),
     (ops.avg_pool2d, (z(1, 4, 4, 3),), {"window": 2, "stride": (0, 1)}, r"ops.avg_pool2d: stride=\(0, 1\) must"),
@@ -155,10 +160,11 @@ def test_dropout_keeps_the_expectation(rate):
 def test_conv2d_auto_picks_the_gemm_formulation_on_cpu_for_few_channels_and_xla_convolutions_elsewhere():
     """``impl="auto"`` lowers to no convolution on CPU when there are at most 4 input channels per
     group (each formulation's values are checked by the op registry, which runs every example in
-    both); with more channels, on GPUs and with ``"xla"`` it keeps XLA's convolutions."""
+    each); with more channels and a kernel Winograd does not take, on GPUs and with ``"xla"`` it
+    keeps XLA's convolutions."""
 
-    def program(impl, platform, c_in=1):
-        x, w, b = jnp.ones((2, 6, 6, c_in)), jnp.ones((3, 3, c_in, 4)), jnp.zeros(4)
+    def program(impl, platform, c_in=1, kernel=(3, 3)):
+        x, w, b = jnp.ones((2, 6, 6, c_in)), jnp.ones((*kernel, c_in, 4)), jnp.zeros(4)
 
         def step(x, w, b):
             return jax.grad(lambda x, w: ops.conv2d(x, w, b, padding="SAME", impl=impl).sum(), argnums=(0, 1))(x, w)
@@ -168,7 +174,43 @@ def test_conv2d_auto_picks_the_gemm_formulation_on_cpu_for_few_channels_and_xla_
     assert "convolution" not in program("auto", "cpu") and "convolution" not in program("auto", "cpu", c_in=4)
     assert "convolution" not in program("gemm", "cuda") and "convolution" not in program("gemm", "cpu", c_in=8)
     assert "convolution" in program("auto", "cuda") and "convolution" in program("xla", "cpu")
-    assert "convolution" in program("auto", "cpu", c_in=5)
+    assert "convolution" in program("auto", "cpu", c_in=5, kernel=(2, 2))
+
+
+def test_conv2d_auto_takes_winograd_on_cpu_for_a_3x3_stride_1_kernel():
+    """With more than 4 input channels, a 3x3 kernel, stride 1, no dilation and one group, "auto" on
+    CPU runs F(2x2, 3x3) (no convolution: 16 batched products of transformed tiles per batch
+    slice); with a stride, another kernel or on GPUs, XLA's convolutions."""
+
+    def program(platform, kernel=(3, 3), **params):
+        x, w, b = jnp.ones((2, 6, 6, 8)), jnp.ones((*kernel, 8, 4)), jnp.zeros(4)
+        step = jax.grad(lambda x, w: ops.conv2d(x, w, b, padding="SAME", **params).sum(), argnums=(0, 1))
+        return jax.jit(step).trace(x, w).lower(lowering_platforms=(platform,)).as_text()
+
+    assert "convolution" not in program("cpu") and "convolution" not in program("cpu", impl="winograd")
+    assert "convolution" not in program("cuda", impl="winograd")
+    assert "convolution" in program("cpu", stride=2) and "convolution" in program("cpu", dilation=2)
+    assert "convolution" in program("cpu", kernel=(5, 5)) and "convolution" in program("cuda")
+
+
+def test_conv2d_winograd_in_batch_slices_passes_every_check(monkeypatch):
+    """Winograd runs the batch in slices of at most CHUNK_TILES tiles: shrunk to 8 here, so that
+    a batch of 5 with 4 tiles per example (a 3x4 output, rounded up to whole 2x2 tiles) runs in
+    3 slices of 2, the last with an added zero example, and every check of the op registry runs
+    on that path."""
+    from manualgrad import check
+    from manualgrad.core import Example
+    from manualgrad.ops import winograd
+
+    monkeypatch.setattr(winograd, "CHUNK_TILES", 8)
+    assert winograd._layout((5, 3, 4, 6), ((1, 1), (1, 1))) == ((3, 4), (2, 2), 2, 3)
+
+    def examples(rng):
+        return [Example((rng.normal(size=(5, 3, 4, 6)), rng.normal(size=(3, 3, 6, 3)), rng.normal(size=3)),
+                        {"padding": "SAME", "impl": "winograd"})]
+
+    reports = check.check_op(ops.conv2d, examples, dtypes=(jnp.float64,))
+    assert reports and all(r.passed for r in reports), [r for r in reports if not r.passed]
 
 
 def test_conv2d_weight_gradient_in_batch_slices_passes_every_check(monkeypatch):
@@ -191,12 +233,12 @@ def test_conv2d_weight_gradient_in_batch_slices_passes_every_check(monkeypatch):
     assert reports and all(r.passed for r in reports), [r for r in reports if not r.passed]
     # the path taken: batch 5 in slices of 2 is three weight-gradient convolutions, plus the input
     # gradient's (the forward's output is not needed by grad of a sum, so it is dropped)
-    x, w, b = jnp.ones((5, 7, 7, 6)), jnp.ones((3, 3, 6, 2)), jnp.zeros(2)
+    x, w, b = jnp.ones((5, 7, 7, 6)), jnp.ones((2, 2, 6, 2)), jnp.zeros(2)  # 2x2: not Winograd
     step = jax.jit(jax.grad(lambda x, w: ops.conv2d(x, w, b, padding="SAME").sum(), argnums=(0, 1)))
     assert step.trace(x, w).lower(lowering_platforms=("cpu",)).as_text().count("stablehlo.convolution") == 4
 
 
-@pytest.mark.parametrize("impl", ["auto", "gemm", "xla"])
+@pytest.mark.parametrize("impl", ["auto", "gemm", "xla", "winograd"])
 @pytest.mark.parametrize("c_in", [1, 8], ids=["few-channels", "many-channels"])
 def test_conv2d_on_an_empty_batch_has_zero_weight_gradient(impl, c_in):
     x, w, b = jnp.zeros((0, 5, 5, c_in)), jnp.ones((3, 3, c_in, 2)), jnp.zeros(2)

@@ -13,7 +13,7 @@ from jax import lax
 
 from manualgrad.core import Example, defop
 from manualgrad.errors import describe, fail, positive_int, same_dtype
-from manualgrad.ops import windows
+from manualgrad.ops import windows, winograd
 
 _WHERE = "manualgrad.ops.conv2d"
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -118,6 +118,12 @@ def _check_conv2d(
                 f"the kernel spans {e} along {axis} (size {k}, dilation {d}) but the padded input has only "
                 f"{n + lo + hi} ({axis}={n} + padding {lo} + {hi}); x.shape={np.shape(x)}, w.shape={np.shape(w)}",
             )
+    if impl == "winograd" and not _winograd_fits(np.shape(w), geo, groups):
+        fail(
+            _WHERE,
+            f"impl='winograd' needs a 3x3 kernel, stride 1, dilation 1 and groups=1; got w.shape={np.shape(w)}, "
+            f"stride={geo.strides}, dilation={geo.dilation}, groups={groups}",
+        )
     same_dtype(_WHERE, x=x, w=w, b=b)
 
 
@@ -137,6 +143,10 @@ def _conv2d_examples(rng: np.random.Generator) -> list[Example]:
         case((2, 3, 4, 3), (1, 1), 2, stride=2, padding=1),  # 1x1 kernel inside its padding, an unread column
         case((2, 5, 6, 4), (3, 3), 2, groups=2, stride=2, padding="SAME"),  # SAME with stride 2, groups 2
         case((2, 3, 3, 2), (2, 3), 4, dilation=(2, 1)),  # the dilated kernel covers the whole image
+        # Winograd: "auto" takes it on CPU (5 input channels, 3x3, stride 1); an odd output width
+        case((3, 4, 3, 5), (3, 3), 2, padding="SAME"),
+        # and explicitly (every backend): asymmetric padding, an odd output height
+        case((2, 5, 6, 3), (3, 3), 4, padding=((2, 0), (1, 1)), impl="winograd"),
     ]
     # the other formulation on the three examples that hold stride > kernel, unread rows, padding
     # beyond the kernel, dilation, a batch of one and groups (the suite's time is the limit)
@@ -207,7 +217,7 @@ def conv2d(
     ``batch_group_count = groups`` splits ``C_in`` (the batch of this correlation) into the same
     blocks as ``C_out``.
 
-    Two formulations compute the forward and these cotangents (``impl``; the reference is always
+    Three formulations compute the forward and these cotangents (``impl``; the reference is always
     ``lax.conv_general_dilated``). ``"xla"``: the two convolutions just described, which GPUs run
     with cuDNN. ``"gemm"``: with $\operatorname{take}(\tilde{x}, (p d, q d))$ the
     ``(N, Ho, Wo, C_in)`` slice holding every window's element at kernel offset $(p, q)$
@@ -222,17 +232,22 @@ def conv2d(
       folded into the contraction.
 
     With groups each product runs per group (an einsum with the group as a batch axis).
+    ``"winograd"`` (a 3x3 kernel, stride 1, no dilation, one group): Winograd's F(2x2, 3x3), 16
+    GEMMs of transformed 4x4 tiles in place of 9 per-offset ones, for the forward, $\bar{x}$ and
+    $\bar{w}$ alike (``manualgrad.ops.winograd`` holds the transforms and their transposes); it
+    runs the batch in slices with ``lax.map`` / ``lax.scan``.
 
     ``"auto"`` (the default) chooses per backend with ``lax.platform_dependent``: xla on GPUs; on
-    CPU gemm when each group has at most ``FEW_CHANNELS`` (4) input channels, else xla with the
-    weight gradient's convolution summed over batch slices of ``WEIGHT_GRAD_CHUNK`` (64) examples
-    ($\bar{w}$ is a sum over the batch, so the slices' $\bar{w}$ add up to it). Measured on the
-    2-core CPU (BENCHMARKS.md, per-layer rows): for the MNIST CNN's first convolution (one input
-    channel) XLA's convolutions run at 15-22 GFLOP/s, the gemm forward and weight gradient
-    2.2-2.6x faster; with 32 input channels XLA's forward and input-gradient convolutions are as fast
-    as the GEMMs and need no ``KH KW``-fold temporaries (the im2col copy, the per-offset products:
-    30-60 MB at batch 128), but its weight-gradient convolution slows from 14 ms at batch 128 to
-    229 ms at 512, against 54-61 ms in slices of 64. GPUs keep XLA's convolutions (cuDNN).
+    CPU gemm when each group has at most ``FEW_CHANNELS`` (4) input channels, else Winograd where it
+    applies, else xla with the weight gradient's convolution summed over batch slices of
+    ``WEIGHT_GRAD_CHUNK`` (64) examples ($\bar{w}$ is a sum over the batch, so the slices' $\bar{w}$
+    add up to it). Measured on the 2-core CPU (BENCHMARKS.md, per-layer rows): for the MNIST CNN's
+    first convolution (one input channel) XLA's convolutions run at 15-22 GFLOP/s, the gemm forward
+    and weight gradient 2.2-2.6x faster; for its second (32 -> 64 channels, 14x14) Winograd's
+    forward and backward take 13.6 ms at batch 128 and 52 ms at 512 against 25 and 262 ms for
+    ``jax.vjp`` of the lax convolution, for about twice its temporaries (the transformed tiles of
+    one slice: 21 against 10 MB at batch 128). XLA's weight-gradient convolution slows from 14 ms at
+    batch 128 to 229 ms at 512, against 54-61 ms in slices of 64. GPUs keep XLA's convolutions (cuDNN).
 
     Residuals: ``x`` and ``w``.
     """
@@ -325,30 +340,54 @@ def _gemm_backward(x: jax.Array, w: jax.Array, g: jax.Array, geo: _Geometry, gro
         for p, q, start in taps
     )
     x_bar = xp_bar[:, t : t + x.shape[1], l : l + x.shape[2], :]
-    cols = jnp.stack([_grouped(windows.take(xp, start, geo.strides, out), groups) for _, _, start in taps], axis=3)
+    # the offsets' windows stacked in front (im2col, offset-major): with one input channel the
+    # product is a plain (KH KW, m) x (m, C_out) GEMM, no transposed copy of the stack
+    cols = jnp.stack([_grouped(windows.take(xp, start, geo.strides, out), groups) for _, _, start in taps])
     m = math.prod(g.shape[:3])  # batch and space, folded into one contraction axis
-    w_bar = _per_group("mkgc,mgo->kcgo", cols.reshape(m, *cols.shape[3:]), gg.reshape(m, *gg.shape[3:]), groups)
+    w_bar = _per_group("kmgc,mgo->kcgo", cols.reshape(len(taps), m, *cols.shape[4:]), gg.reshape(m, *gg.shape[3:]), groups)
     w_bar = w_bar.reshape(kh, kw, c_group, c_out)
     return x_bar, w_bar
 
 
+def _winograd_fits(w_shape: tuple, geo: _Geometry, groups: int) -> bool:
+    """Whether the Winograd formulation applies: a 3x3 kernel, stride 1, no dilation, one group."""
+    return tuple(w_shape[:2]) == (3, 3) and geo.strides == (1, 1) and geo.dilation == (1, 1) and groups == 1
+
+
+def _winograd_forward(x: jax.Array, w: jax.Array, geo: _Geometry, groups: int) -> jax.Array:
+    return winograd.conv(x, w, geo.pads)
+
+
+def _winograd_backward(x: jax.Array, w: jax.Array, g: jax.Array, geo: _Geometry, groups: int) -> tuple[jax.Array, jax.Array]:
+    return winograd.conv_vjp(x, w, g, geo.pads)
+
+
 #: the formulations of [conv2d][manualgrad.ops.conv2d]'s forward and backward (``impl``)
-IMPLS = ("auto", "gemm", "xla")
+IMPLS = ("auto", "gemm", "xla", "winograd")
 #: ``"auto"`` takes the gemm formulation on CPU up to this many input channels per group
 FEW_CHANNELS = 4
-#: ``"auto"`` on CPU with more channels: the weight gradient's convolution per this many examples
+#: ``"auto"`` on CPU otherwise (xla): the weight gradient's convolution per this many examples
 WEIGHT_GRAD_CHUNK = 64
 
 
-def _by_impl(impl: str, w_shape: tuple, args: tuple, gemm: Callable, xla: Callable, xla_on_cpu: Callable) -> Any:
-    """``gemm(*args)`` or ``xla(*args)``; ``"auto"`` chooses per backend with ``lax.platform_dependent``:
-    on CPU gemm for few input channels per group (``w_shape[2] <= FEW_CHANNELS``) and ``xla_on_cpu``
-    otherwise, xla elsewhere."""
-    if impl == "gemm":
-        return gemm(*args)
-    if impl == "xla":
-        return xla(*args)
-    return lax.platform_dependent(*args, cpu=gemm if w_shape[2] <= FEW_CHANNELS else xla_on_cpu, default=xla)
+def _cpu_impl(w_shape: tuple, geo: _Geometry, groups: int) -> str:
+    """The formulation ``"auto"`` takes on CPU: gemm for few input channels per group, Winograd for
+    a 3x3 kernel with stride 1, no dilation and one group, else xla."""
+    if w_shape[2] <= FEW_CHANNELS:
+        return "gemm"
+    return "winograd" if _winograd_fits(w_shape, geo, groups) else "xla"
+
+
+def _by_impl(impl: str, cpu_impl: str, args: tuple, rules: dict[str, Callable], xla_on_cpu: Callable) -> Any:
+    """``rules[impl](*args)``; ``"auto"`` chooses per backend with ``lax.platform_dependent``: on CPU
+    ``rules[cpu_impl]`` (``xla_on_cpu`` for xla), xla elsewhere."""
+    if impl != "auto":
+        return rules[impl](*args)
+    return lax.platform_dependent(*args, cpu=xla_on_cpu if cpu_impl == "xla" else rules[cpu_impl], default=rules["xla"])
+
+
+def _rules(geo: _Geometry, groups: int, **by_impl: Callable) -> dict[str, Callable]:
+    return {name: functools.partial(f, geo=geo, groups=groups) for name, f in by_impl.items()}
 
 
 def conv2d_fwd(
@@ -356,8 +395,8 @@ def conv2d_fwd(
     groups: int = 1, impl: str = "auto",
 ) -> tuple[jax.Array, tuple]:
     geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
-    gemm, xla = (functools.partial(f, geo=geo, groups=groups) for f in (_gemm_forward, _xla_forward))
-    y = _by_impl(impl, np.shape(w), (x, w), gemm, xla, xla)
+    rules = _rules(geo, groups, gemm=_gemm_forward, xla=_xla_forward, winograd=_winograd_forward)
+    y = _by_impl(impl, _cpu_impl(np.shape(w), geo, groups), (x, w), rules, rules["xla"])
     return y + b, (x, w)
 
 
@@ -367,8 +406,9 @@ def conv2d_bwd(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     x, w = res
     geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
-    gemm, xla = (functools.partial(f, geo=geo, groups=groups) for f in (_gemm_backward, _xla_backward))
-    x_bar, w_bar = _by_impl(impl, np.shape(w), (x, w, g), gemm, xla, functools.partial(xla, chunk=WEIGHT_GRAD_CHUNK))
+    rules = _rules(geo, groups, gemm=_gemm_backward, xla=_xla_backward, winograd=_winograd_backward)
+    sliced = functools.partial(_xla_backward, geo=geo, groups=groups, chunk=WEIGHT_GRAD_CHUNK)
+    x_bar, w_bar = _by_impl(impl, _cpu_impl(np.shape(w), geo, groups), (x, w, g), rules, sliced)
     return x_bar, w_bar, jnp.sum(g, axis=(0, 1, 2))
 
 
