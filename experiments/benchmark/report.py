@@ -74,7 +74,7 @@ def layer_table(result: dict) -> list[str]:
         "",
         "The CNN's layers, forward + backward (the cotangents the train step needs: no input gradient for",
         "conv1). manual: the op as training runs it (`impl=\"auto\"`: on CPU the gemm formulation for conv1,",
-        "XLA convolutions with the weight gradient in 64-example slices for conv2); xla: the hand-written rules",
+        "Winograd F(2x2, 3x3) in batch slices for conv2); xla: the hand-written rules",
         "as plain XLA convolutions (`impl=\"xla\"`, what GPUs run); reference: `jax.vjp` of the plain lax forward.",
         "",
         *table(("layer", "batch", "impl", "ms", "GFLOP/s", "ratio to reference", "XLA temp bytes"), "lrlrrrr", rows),
