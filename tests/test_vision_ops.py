@@ -214,9 +214,10 @@ def test_conv2d_winograd_in_batch_slices_passes_every_check(monkeypatch):
 
 
 def test_conv2d_weight_gradient_in_batch_slices_passes_every_check(monkeypatch):
-    """On CPU with more than 4 input channels, "auto" sums w_bar's convolution over batch slices of
-    WEIGHT_GRAD_CHUNK examples (64): shrunk to 2 here, so that a batch of 5 makes slices 2, 2, 1,
-    and every check of the op registry runs on that path (shapes no other test traces)."""
+    """On CPU with more than 4 input channels and a kernel Winograd does not take, "auto" sums
+    w_bar's convolution over batch slices of WEIGHT_GRAD_CHUNK examples (64): shrunk to 2 here, so
+    that a batch of 5 makes slices 2, 2, 1, and every check of the op registry runs on that path
+    (shapes no other test traces)."""
     from manualgrad import check
     from manualgrad.core import Example
     from manualgrad.ops import conv
@@ -278,3 +279,30 @@ def test_conv2d_equals_torch_with_its_weight_layout(params):
     np.testing.assert_allclose(x_bar, ts[0].grad.numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(w_bar).transpose(3, 2, 0, 1), ts[1].grad.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(b_bar, ts[2].grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl, kernel", [("winograd", (3, 3)), ("auto", (2, 2))], ids=["winograd", "xla-on-cpu"])
+def test_conv2d_weight_gradient_over_batch_slices_adds_them_in_float32(monkeypatch, impl, kernel):
+    """A bfloat16 w_bar summed over many batch slices (Winograd's, or the CPU xla path's weight-gradient
+    convolutions: "auto" on CPU with a 2x2 kernel) is as accurate as the one-slice w_bar: the slices' partial sums are added in float32,
+    not rounded to bfloat16 after each slice."""
+    from manualgrad.ops import conv, winograd
+
+    rng = np.random.default_rng(0)
+    x, w, b = rng.normal(size=(64, 6, 6, 8)), rng.normal(size=(*kernel, 8, 4)), np.zeros(4)
+    g = rng.normal(size=(64, 6, 6, 4))
+    exact = jax.vjp(lambda w: ops.conv2d(jnp.asarray(x, jnp.float32), w, jnp.asarray(b, jnp.float32),
+                                         padding="SAME", impl="xla"), jnp.asarray(w, jnp.float32))[1](
+        jnp.asarray(g, jnp.float32))[0]
+
+    def error(slices_of: int) -> float:
+        monkeypatch.setattr(winograd, "CHUNK_TILES", 9 * slices_of)
+        monkeypatch.setattr(conv, "WEIGHT_GRAD_CHUNK", slices_of)
+        xb, wb, bb = (jnp.asarray(a, jnp.bfloat16) for a in (x, w, b))
+        pullback = jax.vjp(lambda w: ops.conv2d(xb, w, bb, padding="SAME", impl=impl), wb)[1]
+        w_bar = pullback(jnp.asarray(g, jnp.bfloat16))[0]
+        assert w_bar.dtype == jnp.bfloat16
+        return float(jnp.max(jnp.abs(w_bar.astype(jnp.float32) - exact)) / jnp.max(jnp.abs(exact)))
+
+    one_slice, many = error(64), error(1)  # 1 slice of 64 examples, 64 slices of 1
+    assert many <= 2 * one_slice + 2e-3, (many, one_slice)

@@ -21,13 +21,14 @@ U_{\cdot\cdot,ck} = G\, w_{\cdot\cdot,ck}\, G^\top :
 $$
 
 the contraction over input channels is 16 independent GEMMs, one per transformed position
-$(a, b)$, each over every tile of the batch at once: $(N T, C_{in}) \times (C_{in}, C_{out})$,
-2.25x fewer multiplies than the 9 of a direct 3x3 convolution. The tiles are 16 strided slices
-of $\tilde{x}$ (they step by 2 and overlap by 2), stacked; each two-sided transform $m T m^\top$
-is one product of the stack with the Kronecker matrix $m \otimes m$ (entries 0, $\pm 1$,
-$\pm \tfrac12$), as $\operatorname{vec}(m T m^\top) = (m \otimes m) \operatorname{vec}(T)$. (As sums
-and differences of the slices XLA:CPU split the transforms into dozens of small fusions: 1.5x
-slower on the MNIST CNN's step.)
+$(a, b)$, each over every tile of a batch slice at once,
+$(n T, C_{in}) \times (C_{in}, C_{out})$: 2.25x fewer multiplies than the 9 of a direct 3x3
+convolution. The tiles are 16 strided slices of $\tilde{x}$ (they step by 2 and overlap by 2),
+stacked; each two-sided transform $m T m^\top$ is one product of the stack with the Kronecker
+matrix $m \otimes m$ (entries 0 and $\pm 1$), as
+$\operatorname{vec}(m T m^\top) = (m \otimes m) \operatorname{vec}(T)$. (As sums and differences
+of the slices XLA:CPU split the transforms into dozens of small fusions: 1.5x slower on the MNIST
+CNN's step.)
 
 The VJP follows the same chain backwards. Each step is linear, so its transpose is the
 transposed matrix: with $\bar{Y}$ the output tile's cotangent,
@@ -47,8 +48,9 @@ $\tilde{x}$ belongs to two tiles, rows $0, 1$ of tile $i$ and rows $2, 3$ of til
 (overlap-add). $\bar{M}$ is computed once and serves both $\bar{V}$ and $\bar{U}$; $V$ is
 recomputed from $\tilde{x}$ rather than kept.
 
-Large batches run in slices of at most ``CHUNK_TILES`` tiles (the weight's cotangent summed over
-the slices), so that each slice's transformed tiles stay in cache.
+Large batches run in slices of about ``CHUNK_TILES`` tiles (one example if it alone has more),
+so that each slice's transformed tiles stay in cache; the weight's cotangent is summed over the
+slices in float32 at least (in bfloat16 its error doubled over 8 slices).
 """
 
 from __future__ import annotations
@@ -92,10 +94,10 @@ def _input_transform(xp: jax.Array, th: int, tw: int) -> jax.Array:
     return v.reshape(16, -1, v.shape[-1])
 
 
-def kernel_transform(w: jax.Array) -> jax.Array:
+def _kernel_transform(w: jax.Array) -> jax.Array:
     """``U = G w G^T`` per (input, output) channel pair: ``(16, C_in, C_out)``."""
-    g = jnp.asarray(G, w.dtype)
-    return jnp.einsum("ai,ijck,bj->abck", g, w, g).reshape(16, *w.shape[2:])
+    gm = jnp.asarray(G, w.dtype)
+    return jnp.einsum("ai,ijck,bj->abck", gm, w, gm).reshape(16, *w.shape[2:])
 
 
 def _tile_forward(xp: jax.Array, u: jax.Array) -> jax.Array:
@@ -165,7 +167,7 @@ def conv(x: jax.Array, w: jax.Array, pads: Pads) -> jax.Array:
     """The correlation of ``x`` (N, H, W, C_in) zero-padded by ``pads`` ((top, bottom), (left,
     right)) with the 3x3 kernel ``w`` (3, 3, C_in, C_out), stride 1: ``(N, Ho, Wo, C_out)``."""
     lay = _layout(x.shape, pads)
-    u = kernel_transform(w)
+    u = _kernel_transform(w)
     y = lax.map(lambda xp: _tile_forward(xp, u), _input(x, pads, lay))
     return _unsliced(y, x.shape[0])[:, : lay.out[0], : lay.out[1], :]
 
@@ -176,19 +178,21 @@ def conv_vjp(x: jax.Array, w: jax.Array, g: jax.Array, pads: Pads) -> tuple[jax.
     rows (columns) where the forward rounded the output up to whole tiles."""
     lay = _layout(x.shape, pads)
     (t, _), (l, _) = pads
-    u = kernel_transform(w)
+    u = _kernel_transform(w)
+
+    acc = jnp.promote_types(u.dtype, jnp.float32)  # the slices' sum, in float32 at least
 
     def one(u_bar: jax.Array, slice_: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         xp_bar, u_bar_slice = _tile_backward(slice_[0], u, slice_[1])
-        return u_bar + u_bar_slice, xp_bar
+        return u_bar + u_bar_slice.astype(acc), xp_bar
 
     gs = _sliced(g, lay, (0, lay.out[0] % 2), (0, lay.out[1] % 2))
-    u_bar, xp_bar = lax.scan(one, jnp.zeros_like(u), (_input(x, pads, lay), gs))
+    u_bar, xp_bar = lax.scan(one, jnp.zeros(u.shape, acc), (_input(x, pads, lay), gs))
     x_bar = _unsliced(xp_bar, x.shape[0])[:, t : t + x.shape[1], l : l + x.shape[2], :]
-    return x_bar, kernel_cotangent(u_bar)
+    return x_bar, _kernel_cotangent(u_bar).astype(w.dtype)
 
 
-def kernel_cotangent(u_bar: jax.Array) -> jax.Array:
+def _kernel_cotangent(u_bar: jax.Array) -> jax.Array:
     """``w_bar = G^T u_bar G`` from ``u_bar`` (16, C_in, C_out): ``(3, 3, C_in, C_out)``."""
-    g = jnp.asarray(G, u_bar.dtype)
-    return jnp.einsum("ai,abck,bj->ijck", g, u_bar.reshape(4, 4, *u_bar.shape[1:]), g)
+    gm = jnp.asarray(G, u_bar.dtype)
+    return jnp.einsum("ai,abck,bj->ijck", gm, u_bar.reshape(4, 4, *u_bar.shape[1:]), gm)
