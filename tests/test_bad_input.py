@@ -80,7 +80,27 @@ CASES = {
     "GRU-one-direction-params": (lambda: _gru(False, True), r"keys \['forward', 'reverse'\] \(each a dict of"),
     "LSTM-init-lengths-shape": (lambda: nn.LSTM(3).init(KEY, ((2, 5, 6), (3,))),
                                 r"nn.LSTM\(3\): input_shape=.*the lengths must be \(N,\)=\(2,\)"),
+    # a layer without state passed another model's state through, as if it had used it
+    "stateless-layer-given-a-state": (lambda: _stateless_given({"mean": jnp.zeros(3), "var": jnp.ones(3)}),
+                                      r"nn.Linear\(2\): this layer has no state \(init_state gives it \(\)\), but "
+                                      r"it was given a state with 2 array\(s\): state shapes \{'mean': \(3,\), "
+                                      r"'var': \(3,\)\}; was it another model's state\?"),
+    "stateless-layer-in-serial-given-batchnorm-state": (
+        lambda: _serial_states_swapped(), r"nn.Linear\(3\): this layer has no state .* state shapes \{'mean'"),
 }
+
+
+def _stateless_given(state):
+    layer = nn.Linear(2)
+    _, params = layer.init(KEY, (4, 3))
+    return layer.fwd(params, jnp.ones((4, 3), jnp.float32), state=state)
+
+
+def _serial_states_swapped():
+    model = nn.serial(nn.Linear(3), nn.BatchNorm())
+    _, params = model.init(KEY, (4, 6))
+    _, state = nn.init_state(model, (4, 6))
+    return model.apply(params, jnp.ones((4, 6), jnp.float32), state=state[::-1], train=True)
 
 
 def _batch_norm(state):

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from manualgrad import ops, trace
-from manualgrad.errors import blame, fail
+from manualgrad.errors import blame, describe, fail
 from manualgrad.keys import child_key
 
 __all__ = ["Layer", "primitive", "stateless", "serial", "fanout", "residual", "init_state", "draws_random"]
@@ -183,12 +183,23 @@ def primitive(
     """
     where = f"manualgrad.nn.{name}"
 
+    def check_state(state):
+        if state_init is None and not (state is None or (isinstance(state, tuple) and not state)):
+            leaves = jax.tree_util.tree_leaves(state)
+            raise ValueError(
+                f"this layer has no state (init_state gives it ()), but it was given a state with "
+                f"{len(leaves)} array(s): {describe('state', state) if leaves else repr(state)}; was it "
+                "another model's state?"
+            )
+
     def call_(params, state, x, *, key=None, train=False):
         with blame(where):
+            check_state(state)
             return call(params, state, trace.tap(x), key=key, train=train)
 
     def forward_(params, state, x, *, key=None, train=False):
         with blame(where):
+            check_state(state)
             y, state, res = forward(params, state, x, key=key, train=train)
         return y, state, (res, trace.record_forward(name, x, y))
 
