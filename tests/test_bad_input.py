@@ -85,6 +85,11 @@ CASES = {
                                       r"nn.Linear\(2\): this layer has no state \(init_state gives it \(\)\), but "
                                       r"it was given a state with 2 array\(s\): state shapes \{'mean': \(3,\), "
                                       r"'var': \(3,\)\}; was it another model's state\?"),
+    # a layer after the fused output layer failed deep in JAX at init ("Shapes must be 1D sequences")
+    "layer-after-LinearCrossEntropyHead": (
+        lambda: nn.serial(nn.LinearCrossEntropyHead(10), nn.Linear(3)).init(KEY, (4, 6)),
+        r"nn.Linear\(3\): its input is the output of LinearCrossEntropyHead\(10\), which must be the model's last "
+        r"layer \(its output \(\(4, 6\), \(6, 10\), \(10,\)\) is the triple \(x, w, b\) for the loss"),
     "stateless-layer-in-serial-given-batchnorm-state": (
         lambda: _serial_states_swapped(), r"nn.Linear\(3\): this layer has no state .* state shapes \{'mean'"),
 }

@@ -12,7 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from manualgrad.nn.dense import Linear
-from manualgrad.nn.layer import Layer, stateless
+from manualgrad.nn.layer import FinalShape, Layer, stateless
 
 __all__ = ["LinearCrossEntropyHead"]
 
@@ -35,10 +35,11 @@ def LinearCrossEntropyHead(out_dim: int, init: str = "he", dtype: Any = jnp.floa
     ``h, w, b = model.apply(params, x); logits = ops.linear(h[:, -1], w, b)`` (sampling).
     """
     linear = Linear(out_dim, init=init, dtype=dtype)  # checks out_dim and init, and draws the params
+    name = f"LinearCrossEntropyHead({out_dim!r})"
 
     def init_fn(key, input_shape):
         _, params = linear.init(key, input_shape)
-        return (tuple(input_shape), params["w"].shape, params["b"].shape), params
+        return FinalShape((tuple(input_shape), params["w"].shape, params["b"].shape), name), params
 
     def apply(params, x):
         return x, params["w"], params["b"]
@@ -50,4 +51,4 @@ def LinearCrossEntropyHead(out_dim: int, init: str = "he", dtype: Any = jnp.floa
         x_bar, w_bar, b_bar = y_bar
         return {"w": w_bar, "b": b_bar}, x_bar
 
-    return stateless(f"LinearCrossEntropyHead({out_dim!r})", init_fn, apply, fwd, bwd)
+    return stateless(name, init_fn, apply, fwd, bwd)

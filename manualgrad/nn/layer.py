@@ -46,7 +46,7 @@ from manualgrad import ops, trace
 from manualgrad.errors import blame, describe, fail
 from manualgrad.keys import child_key
 
-__all__ = ["Layer", "primitive", "stateless", "serial", "fanout", "residual", "init_state", "draws_random"]
+__all__ = ["Layer", "FinalShape", "primitive", "stateless", "serial", "fanout", "residual", "init_state", "draws_random"]
 
 #: ``call(params, state, x, *, key, train) -> (y, state)``
 Call = Callable[..., tuple[Any, Any]]
@@ -143,6 +143,32 @@ def _output_shape(init: Callable, input_shape: tuple) -> tuple:
     return found[0]
 
 
+class FinalShape(tuple):
+    """The output "shape" of a layer whose output no other layer takes (a
+    :func:`~manualgrad.nn.LinearCrossEntropyHead`'s ``(x, w, b)``, made for the loss): a layer
+    given it as its input shape fails, naming the layer ``after`` which it was placed."""
+
+    after: str
+
+    def __new__(cls, shapes: tuple, after: str) -> FinalShape:
+        shape = super().__new__(cls, shapes)
+        shape.after = after
+        return shape
+
+
+jax.tree_util.register_pytree_node(  # a shape traced through jax.eval_shape stays a FinalShape
+    FinalShape, lambda s: (tuple(s), s.after), lambda after, shapes: FinalShape(shapes, after)
+)
+
+
+def _refuse_final(input_shape: Any) -> None:
+    if isinstance(input_shape, FinalShape):
+        raise ValueError(
+            f"its input is the output of {input_shape.after}, which must be the model's last layer "
+            f"(its output {tuple(input_shape)} is the triple (x, w, b) for the loss, not an array)"
+        )
+
+
 def _layer(init: Callable, call: Call, forward: Forward, bwd: Callable, init_state_: Callable) -> Layer:
     return Layer(init, Apply(call), Fwd(forward), bwd, init_state_)
 
@@ -211,9 +237,12 @@ def primitive(
 
     def init_(key, input_shape):
         with blame(where):
+            _refuse_final(input_shape)
             return init(key, tuple(input_shape))
 
     def init_state_(input_shape):
+        with blame(where):
+            _refuse_final(input_shape)
         input_shape = tuple(input_shape)
         with blame(where):
             return _output_shape(init, input_shape), (state_init(input_shape) if state_init else ())
