@@ -245,9 +245,10 @@ def conv2d(
     first convolution (one input channel) XLA's convolutions run at 15-22 GFLOP/s, the gemm forward
     and weight gradient 2.2-2.6x faster; for its second (32 -> 64 channels, 14x14) Winograd's
     forward and backward take 14.1 ms at batch 128 and 60 ms at 512 against 23 and 288 ms for
-    ``jax.vjp`` of the lax convolution, for about twice its temporaries (the transformed tiles of
-    one slice: 21 against 10 MB at batch 128). XLA's weight-gradient convolution slows from 14 ms at
-    batch 128 to 229 ms at 512, against 54-61 ms in slices of 64. GPUs keep XLA's convolutions (cuDNN).
+    ``jax.vjp`` of the lax convolution; its temporaries are one slice's transformed tiles (16 MB:
+    more than the lax convolution's 10 MB at batch 128, less than its 39 MB at 512). XLA's
+    weight-gradient convolution slows from 14 ms at batch 128 to 229 ms at 512, against 54-61 ms
+    in slices of 64. GPUs keep XLA's convolutions (cuDNN).
 
     Residuals: ``x`` and ``w``.
     """

@@ -145,22 +145,23 @@ def _layout(x_shape: tuple, pads: Pads) -> _Layout:
     return _Layout(out, tiles, step, -(-n // step) if n else 1)
 
 
-def _sliced(a: jax.Array, lay: _Layout, rows: tuple[int, int], cols: tuple[int, int]) -> jax.Array:
-    """``a`` (N, H, W, C) padded by ``rows`` and ``cols``, and with zero examples to whole slices,
-    as ``(slices, step, H', W', C)``: one copy (none if nothing is padded)."""
-    a = jnp.pad(a, ((0, lay.slices * lay.step - a.shape[0]), rows, cols, (0, 0)))
+def _batches(a: jax.Array, lay: _Layout) -> jax.Array:
+    """``a`` (N, ...) as ``(slices, step, ...)``, with zero examples added to whole slices: no copy
+    when ``step`` divides N."""
+    a = jnp.pad(a, ((0, lay.slices * lay.step - a.shape[0]),) + ((0, 0),) * (a.ndim - 1))
     return a.reshape(lay.slices, lay.step, *a.shape[1:])
 
 
-def _input(x: jax.Array, pads: Pads, lay: _Layout) -> jax.Array:
-    """``x`` padded as the convolution pads it, plus a zero row (column) below (right) when the
-    output has an odd number of rows (columns), in slices."""
-    (t, b), (l, r) = pads
-    return _sliced(x, lay, (t, b + lay.out[0] % 2), (l, r + lay.out[1] % 2))
-
-
-def _unsliced(a: jax.Array, n: int) -> jax.Array:
+def _unbatched(a: jax.Array, n: int) -> jax.Array:
     return a.reshape(-1, *a.shape[2:])[:n]
+
+
+def _rounded_up(a: jax.Array, lay: _Layout, pads: Pads = ((0, 0), (0, 0))) -> jax.Array:
+    """A slice ``a`` padded by ``pads``, plus a zero row (column) below (right) when the output
+    has an odd number of rows (columns): whole 2x2 output tiles. Done per slice, inside the loop,
+    so the batch is not copied."""
+    (t, b), (l, r) = pads
+    return jnp.pad(a, ((0, 0), (t, b + lay.out[0] % 2), (l, r + lay.out[1] % 2), (0, 0)))
 
 
 def conv(x: jax.Array, w: jax.Array, pads: Pads) -> jax.Array:
@@ -168,8 +169,11 @@ def conv(x: jax.Array, w: jax.Array, pads: Pads) -> jax.Array:
     right)) with the 3x3 kernel ``w`` (3, 3, C_in, C_out), stride 1: ``(N, Ho, Wo, C_out)``."""
     lay = _layout(x.shape, pads)
     u = _kernel_transform(w)
-    y = lax.map(lambda xp: _tile_forward(xp, u), _input(x, pads, lay))
-    return _unsliced(y, x.shape[0])[:, : lay.out[0], : lay.out[1], :]
+
+    def one(xs: jax.Array) -> jax.Array:
+        return _tile_forward(_rounded_up(xs, lay, pads), u)[:, : lay.out[0], : lay.out[1], :]
+
+    return _unbatched(lax.map(one, _batches(x, lay)), x.shape[0])
 
 
 def conv_vjp(x: jax.Array, w: jax.Array, g: jax.Array, pads: Pads) -> tuple[jax.Array, jax.Array]:
@@ -179,17 +183,15 @@ def conv_vjp(x: jax.Array, w: jax.Array, g: jax.Array, pads: Pads) -> tuple[jax.
     lay = _layout(x.shape, pads)
     (t, _), (l, _) = pads
     u = _kernel_transform(w)
-
     acc = jnp.promote_types(u.dtype, jnp.float32)  # the slices' sum, in float32 at least
 
     def one(u_bar: jax.Array, slice_: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        xp_bar, u_bar_slice = _tile_backward(slice_[0], u, slice_[1])
-        return u_bar + u_bar_slice.astype(acc), xp_bar
+        xs, gs = slice_
+        xp_bar, u_bar_slice = _tile_backward(_rounded_up(xs, lay, pads), u, _rounded_up(gs, lay))
+        return u_bar + u_bar_slice.astype(acc), xp_bar[:, t : t + x.shape[1], l : l + x.shape[2], :]
 
-    gs = _sliced(g, lay, (0, lay.out[0] % 2), (0, lay.out[1] % 2))
-    u_bar, xp_bar = lax.scan(one, jnp.zeros(u.shape, acc), (_input(x, pads, lay), gs))
-    x_bar = _unsliced(xp_bar, x.shape[0])[:, t : t + x.shape[1], l : l + x.shape[2], :]
-    return x_bar, _kernel_cotangent(u_bar).astype(w.dtype)
+    u_bar, x_bar = lax.scan(one, jnp.zeros(u.shape, acc), (_batches(x, lay), _batches(g, lay)))
+    return _unbatched(x_bar, x.shape[0]), _kernel_cotangent(u_bar).astype(w.dtype)
 
 
 def _kernel_cotangent(u_bar: jax.Array) -> jax.Array:
