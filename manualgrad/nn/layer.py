@@ -243,8 +243,7 @@ def primitive(
     def init_state_(input_shape):
         with blame(where):
             _refuse_final(input_shape)
-        input_shape = tuple(input_shape)
-        with blame(where):
+            input_shape = tuple(input_shape)
             return _output_shape(init, input_shape), (state_init(input_shape) if state_init else ())
 
     return _layer(init_, call_, forward_, bwd_, init_state_)

@@ -380,12 +380,12 @@ def _cpu_impl(w_shape: tuple, geo: _Geometry, groups: int) -> str:
     return "winograd" if _winograd_fits(w_shape, geo, groups) else "xla"
 
 
-def _by_impl(impl: str, cpu_impl: str, args: tuple, rules: dict[str, Callable], xla_on_cpu: Callable) -> Any:
-    """``rules[impl](*args)``; ``"auto"`` chooses per backend with ``lax.platform_dependent``: on CPU
-    ``rules[cpu_impl]`` (``xla_on_cpu`` for xla), xla elsewhere."""
+def _by_impl(impl: str, args: tuple, rules: dict[str, Callable], on_cpu: Callable) -> Any:
+    """``rules[impl](*args)``; ``"auto"`` chooses per backend with ``lax.platform_dependent``:
+    ``on_cpu`` on CPU, xla elsewhere."""
     if impl != "auto":
         return rules[impl](*args)
-    return lax.platform_dependent(*args, cpu=xla_on_cpu if cpu_impl == "xla" else rules[cpu_impl], default=rules["xla"])
+    return lax.platform_dependent(*args, cpu=on_cpu, default=rules["xla"])
 
 
 def _rules(geo: _Geometry, groups: int, **by_impl: Callable) -> dict[str, Callable]:
@@ -398,7 +398,7 @@ def conv2d_fwd(
 ) -> tuple[jax.Array, tuple]:
     geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
     rules = _rules(geo, groups, gemm=_gemm_forward, xla=_xla_forward, winograd=_winograd_forward)
-    y = _by_impl(impl, _cpu_impl(np.shape(w), geo, groups), (x, w), rules, rules["xla"])
+    y = _by_impl(impl, (x, w), rules, rules[_cpu_impl(np.shape(w), geo, groups)])
     return y + b, (x, w)
 
 
@@ -409,8 +409,9 @@ def conv2d_bwd(
     x, w = res
     geo = _geometry(np.shape(x), np.shape(w), stride, padding, dilation)
     rules = _rules(geo, groups, gemm=_gemm_backward, xla=_xla_backward, winograd=_winograd_backward)
-    sliced = functools.partial(_xla_backward, geo=geo, groups=groups, chunk=WEIGHT_GRAD_CHUNK)
-    x_bar, w_bar = _by_impl(impl, _cpu_impl(np.shape(w), geo, groups), (x, w, g), rules, sliced)
+    on_cpu = _cpu_impl(np.shape(w), geo, groups)  # with xla, the weight gradient in batch slices
+    cpu_rule = functools.partial(rules["xla"], chunk=WEIGHT_GRAD_CHUNK) if on_cpu == "xla" else rules[on_cpu]
+    x_bar, w_bar = _by_impl(impl, (x, w, g), rules, cpu_rule)
     return x_bar, w_bar, jnp.sum(g, axis=(0, 1, 2))
 
 

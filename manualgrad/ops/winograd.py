@@ -127,22 +127,20 @@ def _tile_backward(xp: jax.Array, u: jax.Array, g: jax.Array) -> tuple[jax.Array
 
 
 class _Layout(NamedTuple):
-    """How a batch is cut into whole tiles and slices: output size ``(Ho, Wo)``, tile rows and
-    columns ``(th, tw)`` (the output rounded up to even), examples per slice and slices."""
+    """How a batch is cut into slices: output size ``(Ho, Wo)``, examples per slice and slices."""
 
     out: tuple[int, int]
-    tiles: tuple[int, int]
     step: int
     slices: int
 
 
 def _layout(x_shape: tuple, pads: Pads) -> _Layout:
     out = tuple(n + lo + hi - 2 for n, (lo, hi) in zip(x_shape[1:3], pads))
-    tiles = tuple(-(-o // 2) for o in out)
+    tiles = -(-out[0] // 2) * -(-out[1] // 2)  # per example: the output rounded up to whole 2x2 tiles
     n = x_shape[0]
-    slices = max(1, -(-n * tiles[0] * tiles[1] // CHUNK_TILES))  # as few as hold CHUNK_TILES each,
+    slices = max(1, -(-n * tiles // CHUNK_TILES))  # as few as hold CHUNK_TILES each,
     step = max(1, -(-n // slices))  # as even as can be: at most slices - 1 added zero examples
-    return _Layout(out, tiles, step, -(-n // step) if n else 1)
+    return _Layout(out, step, -(-n // step) if n else 1)
 
 
 def _batches(a: jax.Array, lay: _Layout) -> jax.Array:
