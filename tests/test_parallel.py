@@ -136,6 +136,15 @@ def test_the_sharded_step_on_one_device_and_mesh_errors():
     out = python("""
     one, sharded = run(np.float32, None, "manual"), run(np.float32, 1, "manual")
     print("gap", gap(sharded, one))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)).astype(np.float32), rng.integers(0, 3, 40)
+    model = nn.serial(nn.Linear(3))
+    _, params = model.init(jax.random.PRNGKey(0), (1, 3))
+    opt = train.sgd_with_clipping(0.1, 1.0)
+    sums = [np.asarray(train.make_epoch(model, losses.softmax_cross_entropy, opt, 8, mesh=mesh)(
+        jax.tree.map(jnp.array, params), opt.init(params), x, y, jax.random.PRNGKey(3))[2]["targets_sum"])
+        for mesh in (None, parallel.data_mesh(2))]
+    print("targets_sum equal", np.array_equal(*sums), sums[0].shape)
     try:
         parallel.data_mesh(3)
     except ValueError as e:
@@ -143,6 +152,7 @@ def test_the_sharded_step_on_one_device_and_mesh_errors():
     """, devices=2)
     assert "devices must be an int in [1, 2] (the fewest cpu devices a process of this run has), got 3" in out
     assert float(out.split("gap ")[1].split()[0]) <= 1e-6
+    assert "targets_sum equal True (5,)" in out
 
 
 @pytest.fixture(scope="module")

@@ -124,6 +124,26 @@ def test_scanned_epoch_equals_a_python_loop_of_steps():
     assert_trees_close(p_scan, p, rtol=1e-12, atol=1e-14)
 
 
+def test_targets_sum_fingerprints_each_step_of_scanned_and_looped_epochs():
+    """``metrics["targets_sum"]``: the float32 sum of the step's targets (the labels of the
+    permutation's batch), the same in a scanned epoch, a looped one and single steps."""
+    model, params, x, y = problem(n=100)
+    opt = train.sgd_with_clipping(0.3, 1.0, 0.9)
+    key = jax.random.PRNGKey(7)
+    expected = [float(y[idx].sum()) for idx in np.asarray(train.epoch_permutation(key, len(x), 16))]
+    assert len(set(expected)) > 1
+    for scan in (True, False):
+        epoch = train.make_epoch(model, losses.softmax_cross_entropy, opt, batch_size=16, scan=scan)
+        _, _, m = epoch(copy(params), opt.init(params), x, y, key)
+        assert m["targets_sum"].dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(m["targets_sum"]), expected)
+    step = train.make_train_step(model, losses.softmax_cross_entropy, opt)
+    _, _, m = step(copy(params), opt.init(params), (x[:16], y[:16]))
+    assert float(m["targets_sum"]) == float(y[:16].sum())
+    heads = (np.arange(4), np.full((4, 2), 0.5, np.float32))
+    assert float(train.targets_sum(heads)) == 6.0 + 4.0
+
+
 def test_epoch_permutation_drops_only_the_partial_batch_and_reshuffles():
     a = np.asarray(train.epoch_permutation(train.epoch_key(jax.random.PRNGKey(0), 1), 103, 10))
     b = np.asarray(train.epoch_permutation(train.epoch_key(jax.random.PRNGKey(0), 2), 103, 10))

@@ -8,7 +8,7 @@ One module per concept, each building on the ones before it:
   ``jax.grad``) or ``"reference"`` (``jax.grad`` of the plain references), and the explicit
   all-reduce of data-parallel training;
 * :mod:`~manualgrad.train.steps`: the update and the jitted train step (``make_update``,
-  ``make_train_step``), on one device or sharded over a mesh;
+  ``make_train_step``, ``targets_sum``), on one device or sharded over a mesh;
 * :mod:`~manualgrad.train.epochs`: a whole epoch, scanned, looped or fed from the host
   (``make_epoch``, ``epoch_permutation``);
 * :mod:`~manualgrad.train.evaluation`: ``evaluate``, ``METRICS``, ``check_finite``;
@@ -23,7 +23,7 @@ from manualgrad.train.evaluation import METRICS, NonFiniteError, check_finite, e
 from manualgrad.train.fitting import History, fit
 from manualgrad.train.gradients import GRADS, loss_and_grad
 from manualgrad.train.optimizers import adamw_with_clipping, sgd_with_clipping
-from manualgrad.train.steps import make_train_step, make_update
+from manualgrad.train.steps import make_train_step, make_update, targets_sum
 
 __all__ = [
     "GRADS",
@@ -33,6 +33,7 @@ __all__ = [
     "loss_and_grad",
     "make_update",
     "make_train_step",
+    "targets_sum",
     "make_epoch",
     "epoch_key",
     "step_key",

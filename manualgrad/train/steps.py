@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from manualgrad import parallel
@@ -20,7 +21,7 @@ from manualgrad.nn import Layer
 from manualgrad.train.gradients import gradient
 from manualgrad.trees import num_examples
 
-__all__ = ["make_update", "make_train_step", "updater", "sharded_step"]
+__all__ = ["make_update", "make_train_step", "sharded_step", "targets_sum", "updater"]
 
 #: ``(params, opt_state, state, batch, *, key=None) -> (params, opt_state, state, metrics)``
 Update = Callable[..., tuple[Any, Any, Any, dict]]
@@ -32,20 +33,41 @@ def updater(
     """The pure update in the library's uniform form: ``(params, opt_state, state, (x, y), *,
     key=None) -> (params, opt_state, state, metrics)``.
 
-    ``metrics`` holds the batch ``"loss"`` and the raw gradient's global norm ``"grad_norm"``
-    (before clipping), both scalars. The model runs in training mode (``key`` feeds its
-    dropout layers). ``axis_name``: see :func:`manualgrad.train.gradients.gradient`.
+    ``metrics`` holds the batch ``"loss"``, the raw gradient's global norm ``"grad_norm"``
+    (before clipping) and ``"targets_sum"`` (:func:`targets_sum`), all scalars. The model runs
+    in training mode (``key`` feeds its dropout layers). ``axis_name``: see
+    :func:`manualgrad.train.gradients.gradient`.
     """
     value_and_grad = gradient(model, loss, grad, axis_name)
 
     def update(params, opt_state, state, batch, *, key=None):
         x, y = _pair(batch)
+        seen = targets_sum(y, axis_name)
         value, grads, state = value_and_grad(params, state, x, y, key=key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+        return params, opt_state, state, {"loss": value, "grad_norm": optax.tree.norm(grads), "targets_sum": seen}
 
     return update
+
+
+def targets_sum(y: Any, axis_name: str | None = None) -> jax.Array:
+    """The sum of every target of the batch in float32 (over all devices of ``axis_name``): a
+    fingerprint of which examples a step trained on, equal in runs that visit the same batches
+    (scanned or looped epochs, one device or several, a resumed run).
+
+    It is also what keeps a train step off the calling thread on XLA:CPU. The runtime runs a
+    program's first ready operation, and everything that operation alone makes ready, on the
+    thread that called the program, and that thread comes on top of its pool of one worker per
+    core. A step whose only operation without inputs is the first layer's product then runs
+    its forward and backward there, three threads sharing two cores' GEMMs (MLP 784-256-128-10
+    at batch 1024: first-layer product 2.6 ms against 2.0 on a worker, step 7.0 ms against
+    5.8). This sum depends on nothing but the targets and XLA schedules it first: the calling
+    thread runs it and waits, and the workers run the step (BENCHMARKS.md, "The caller's
+    thread").
+    """
+    total = sum(jnp.sum(leaf, dtype=jnp.float32) for leaf in jax.tree_util.tree_leaves(y))
+    return jnp.asarray(total, jnp.float32) if axis_name is None else jax.lax.psum(total, axis_name)
 
 
 def _pair(batch: Any) -> tuple[Any, Any]:
