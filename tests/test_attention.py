@@ -86,3 +86,52 @@ def test_a_short_causal_sequence_runs_as_two_blocks_the_first_skipping_half_the_
     assert _spans(128, 128, 128, causal=True) == [(0, 64, 64), (64, 128, 128)]
     assert _spans(5, 4, 128, causal=True) == [(0, 3, 3), (3, 5, 4)]
     assert _spans(128, 128, 128, causal=False) == [(0, 128, 128)]  # nothing to skip: one block
+
+
+def test_attention_in_groups_of_leading_rows_passes_every_check(monkeypatch):
+    """On CPU the leading (batch x head) rows run in groups whose largest block of scores fits
+    GROUP_BYTES (1 MiB): shrunk here so that tiny examples run in groups, and every check of the
+    op registry runs on that path: a mask shared by every row, a mask per batch entry split with
+    the rows (its head axis broadcast), the loop over query blocks inside each group."""
+    from manualgrad import check
+    from manualgrad.core import Example
+
+    attention_module = __import__("manualgrad.ops.attention", fromlist=["_groups"])
+    monkeypatch.setattr(attention_module, "GROUP_BYTES", 80)
+    q = np.zeros((2, 3, 5, 4))
+    assert attention_module._groups(q, q, True, 128) == 6  # the largest block, 2 x 5 scores in float64: a row a group
+    assert attention_module._groups(q[..., :2, :], q[..., :2, :], False, 128) == 3  # 2 x 2 a row: 2 rows a group
+
+    def examples(rng):
+        def qkv(lead, tq, tk, d=3):
+            return rng.normal(size=(*lead, tq, d)), rng.normal(size=(*lead, tk, d)), rng.normal(size=(*lead, tk, 2))
+
+        per_batch = rng.random((2, 1, 5, 4)) < 0.7
+        per_batch[1, 0, 2] = False  # a row that attends nothing, in the second batch entry only
+        return [
+            Example(qkv((2, 3), 5, 5), {"causal": True}),
+            Example((*qkv((2, 3), 5, 4), per_batch), {"scale": 0.5}),
+            Example((*qkv((4,), 5, 4), np.tril(np.ones((5, 4), bool))), {"block": 2}),
+        ]
+
+    reports = check.check_op(ops.attention, examples, dtypes=(jnp.float64,))
+    assert reports and all(r.passed for r in reports), [r for r in reports if not r.passed]
+
+
+def test_groups_of_rows_give_the_ungrouped_values_and_less_memory(monkeypatch):
+    """The groups change where the work runs, not what it computes (float32, the transformer's
+    layout at T = 256: 16 groups of 8 rows), and hold one group's scores instead of all."""
+    attention_module = __import__("manualgrad.ops.attention", fromlist=["_groups"])
+    q, k, v, g = (jnp.asarray(np.random.default_rng(i).standard_normal((4, 4, 256, 8)), jnp.float32) for i in range(4))
+
+    def run():
+        f = lambda q, k, v: jax.vjp(lambda *a: ops.attention(*a, causal=True), q, k, v)[1](g)  # noqa: E731
+        return jax.jit(f)(q, k, v), jax.jit(f).lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
+
+    assert attention_module._groups(q, k, True, 128) == 2  # 16 rows x 128 x 256 x 4 B = 2 MiB of scores
+    grouped, grouped_bytes = run()
+    monkeypatch.setattr(attention_module, "GROUP_BYTES", 1 << 40)
+    whole, whole_bytes = run()
+    for a, b in zip(grouped, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert grouped_bytes < 0.7 * whole_bytes, (grouped_bytes, whole_bytes)

@@ -7,6 +7,7 @@ backward recomputes the probabilities one block of queries at a time (Dao et al.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -168,7 +169,10 @@ def attention(
     equal blocks even when it would fit one (at T = 128, block 128: two of 64, a quarter of the
     products saved). More blocks run as a loop (``lax.map`` forward, ``lax.scan`` backward). The
     forward runs over the same blocks (each block's softmax needs all of T_k, so no online
-    rescaling is needed across query blocks). A fully masked row has $L = 0$ stored and every
+    rescaling is needed across query blocks). On CPU both passes run over groups of the leading
+    (batch x head) rows, each group's largest block of scores at most
+    [GROUP_BYTES][manualgrad.ops.attention.GROUP_BYTES], so that the block's scores stay in cache
+    between its products and elementwise passes. A fully masked row has $L = 0$ stored and every
     $s = -\infty$, so its $p$ is 0 and so are its output and cotangents.
     """
     c = _scale(q, scale)
@@ -221,34 +225,69 @@ def _full_mask(mask: Any, q: jax.Array, k: jax.Array) -> Any:
     return None if mask is None else jnp.broadcast_to(mask, (*q.shape[:-1], k.shape[-2]))
 
 
-def attention_fwd(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: Any = None, causal: bool = False, scale: Any = None,
-    block: int = 128,
-) -> tuple[jax.Array, tuple]:
-    c, t_q, t_k = _scale(q, scale), q.shape[-2], k.shape[-2]
+GROUP_BYTES = 1 << 20
+"""On CPU attention runs over groups of its leading (batch x head) rows, a ``lax.map`` in both
+passes, each group's largest block of scores at most this many bytes: a block's scores, its
+probabilities and their cotangent then stay in cache between the products and the elementwise
+passes instead of streaming through memory. Measured (batch 32 x 4 heads of 32, causal,
+forward + backward): at T = 256 82 ms in one group (16 MB of scores a block), 48 ms in 16 groups
+(1 MB), PyTorch's SDPA 37 ms; at T = 512 346 against 297 ms; at T = 128 (4 MB) 13.0 ms either way.
+GPUs run one group."""
+
+
+def _groups(q: jax.Array, k: jax.Array, causal: bool, block: int) -> int:
+    """The fewest groups (a divisor of the leading rows) whose largest block of scores fits
+    :data:`GROUP_BYTES`; one where the leading rows' scores fit already."""
+    lead = int(np.prod(np.shape(q)[:-2], dtype=np.int64))
+    per_row = max((b - a) * n for a, b, n in _spans(q.shape[-2], k.shape[-2], block, causal)) * q.dtype.itemsize
+    return next((n for n in range(1, lead + 1) if lead % n == 0 and lead // n * per_row <= GROUP_BYTES), max(lead, 1))
+
+
+def _in_groups(rows: Any, arrays: tuple, mask: Any, n: int) -> tuple:
+    """``rows(*arrays, mask)`` (results shaped (..., T, c)); on CPU over ``n`` groups of the
+    flattened leading axes, the mask split with them unless it is the same for every row."""
+    if n == 1:
+        return rows(*arrays, mask)
+    lead, t_q, t_k = arrays[0].shape[:-2], arrays[0].shape[-2], arrays[1].shape[-2]
+
+    def grouped(*args):
+        *xs, m = args
+        split = [a.reshape(n, -1, *a.shape[-2:]) for a in xs]
+        if m is not None and np.prod(np.shape(m)[:-2]) == 1:
+            shared = m.reshape(np.shape(m)[-2:])
+            outs = lax.map(lambda a: rows(*a, shared), tuple(split))
+        else:
+            m = None if m is None else jnp.broadcast_to(m, (*lead, t_q, t_k)).reshape(n, -1, t_q, t_k)
+            outs = lax.map(lambda a: rows(*a), (*split, m))
+        return tuple(o.reshape(*lead, *o.shape[-2:]) for o in outs)
+
+    return lax.platform_dependent(*arrays, mask, cpu=grouped, default=rows)
+
+
+def _fwd_rows(q: jax.Array, k: jax.Array, v: jax.Array, mask: Any, causal: bool, c: float,
+              block: int) -> tuple[jax.Array, jax.Array]:
+    """The output and each row's log-sum-exp, block by block of queries."""
+    t_q, t_k = q.shape[-2], k.shape[-2]
     spans = _spans(t_q, t_k, block, causal)
     if len(spans) <= UNROLL:
         full = _full_mask(mask, q, k)
         outs = [_block_fwd(q[..., a:b, :], k[..., :n, :], v[..., :n, :],
                            _allowed(None if full is None else full[..., a:b, :n], a, b - a, n, causal), c)
                 for a, b, n in spans]
-        o, lse = (jnp.concatenate(parts, axis=-2) for parts in zip(*outs))
-        return o, (q, k, v, mask, o, lse)
+        return tuple(jnp.concatenate(parts, axis=-2) for parts in zip(*outs))
 
     def one_block(i, q_b, mask_b):
         return _block_fwd(q_b, k, v, _allowed(mask_b, i * block, block, t_k, causal), c)
 
     q_b, mask_b = _blocks(q, block), _mask_blocks(mask, q, k, block)
     o_b, lse_b = lax.map(lambda a: one_block(*a), (jnp.arange(q_b.shape[0]), q_b, mask_b))
-    o, lse = _unblocks(o_b, t_q), _unblocks(lse_b, t_q)
-    return o, (q, k, v, mask, o, lse)
+    return _unblocks(o_b, t_q), _unblocks(lse_b, t_q)
 
 
-def attention_bwd(
-    res: tuple, g: jax.Array, causal: bool = False, scale: Any = None, block: int = 128
-) -> tuple[jax.Array, jax.Array, jax.Array, None]:
-    q, k, v, mask, o, lse = res
-    c, t_q, t_k = _scale(q, scale), q.shape[-2], k.shape[-2]
+def _bwd_rows(q: jax.Array, k: jax.Array, v: jax.Array, o: jax.Array, lse: jax.Array, g: jax.Array, mask: Any,
+              causal: bool, c: float, block: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``q_bar``, ``k_bar`` and ``v_bar``, block by block of queries."""
+    t_q, t_k = q.shape[-2], k.shape[-2]
     big_d = jnp.sum(g * o, axis=-1, keepdims=True)  # D = rowsum(dO * O)
     dk = jnp.zeros(k.shape, jnp.result_type(q, k, g))
     dv = jnp.zeros(v.shape, jnp.result_type(v, g))
@@ -262,7 +301,7 @@ def attention_bwd(
             dq_b, dk_b, dv_b = _block_bwd(p_b, q[..., a:b, :], k_n, v_n, g[..., a:b, :], big_d[..., a:b, :], c)
             dq.append(dq_b)
             dk, dv = dk.at[..., :n, :].add(dk_b), dv.at[..., :n, :].add(dv_b)
-        return jnp.concatenate(dq, axis=-2), dk, dv, None
+        return jnp.concatenate(dq, axis=-2), dk, dv
 
     def one_block(carry, a):
         dk, dv = carry
@@ -275,7 +314,25 @@ def attention_bwd(
     xs = (_blocks(q, block), _blocks(g, block), _blocks(lse, block), _blocks(big_d, block),
           _mask_blocks(mask, q, k, block))
     (dk, dv), dq_b = lax.scan(one_block, (dk, dv), (jnp.arange(xs[0].shape[0]), *xs))
-    return _unblocks(dq_b, t_q), dk, dv, None
+    return _unblocks(dq_b, t_q), dk, dv
+
+
+def attention_fwd(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: Any = None, causal: bool = False, scale: Any = None,
+    block: int = 128,
+) -> tuple[jax.Array, tuple]:
+    rows = functools.partial(_fwd_rows, causal=causal, c=_scale(q, scale), block=block)
+    o, lse = _in_groups(rows, (q, k, v), mask, _groups(q, k, causal, block))
+    return o, (q, k, v, mask, o, lse)
+
+
+def attention_bwd(
+    res: tuple, g: jax.Array, causal: bool = False, scale: Any = None, block: int = 128
+) -> tuple[jax.Array, jax.Array, jax.Array, None]:
+    q, k, v, mask, o, lse = res
+    rows = functools.partial(_bwd_rows, causal=causal, c=_scale(q, scale), block=block)
+    dq, dk, dv = _in_groups(rows, (q, k, v, o, lse, g), mask, _groups(q, k, causal, block))
+    return dq, dk, dv, None
 
 
 attention.defvjp(attention_fwd, attention_bwd)
