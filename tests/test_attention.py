@@ -34,12 +34,13 @@ def test_the_backward_keeps_no_t_by_t_matrix():
 
 
 def test_two_unrolled_blocks_stay_below_the_reference():
-    # T = 2 x block runs unrolled (ops.attention.UNROLL): measured 1.2 MB against 2.1 MB
+    # T = 2 x block runs unrolled (ops.attention.UNROLL): measured 1.6 MB against 2.1 MB (1.2 MB
+    # before the backward formed its blocks keys by queries, 11-15% faster)
     from manualgrad.ops.attention import UNROLL
 
     assert UNROLL == 2
     manual, reference = _temp_bytes(False, 256, 128), _temp_bytes(True, 256, 128)
-    assert manual < 0.75 * reference, (manual, reference)
+    assert manual < 0.85 * reference, (manual, reference)
 
 
 def test_a_row_that_attends_nothing_gives_zeros_and_zero_gradients():

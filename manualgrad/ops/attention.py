@@ -162,7 +162,11 @@ def attention(
     Memory. The forward saves $q, k, v, o$ and each row's log-sum-exp
     $L = m + \log \sum_j e^{s_j - m}$ ($m$ the row max). The backward works on blocks of
     ``block`` queries: it recomputes $s$ for the block, $p = e^{s - L}$ exactly, and $\bar{s}$; it
-    adds the block's share to $\bar{k}$ and $\bar{v}$ and emits its $\bar{q}$ rows. Peak extra
+    adds the block's share to $\bar{k}$ and $\bar{v}$ and emits its $\bar{q}$ rows. It forms the
+    block transposed (keys by queries: $s^\top = c\, k q^\top$, $p^\top$, $\bar{s}^\top$), so that
+    $\bar{k} = c\, \bar{s}^\top q$ and $\bar{v} = p^\top g$ are products that read both operands in
+    place and only $\bar{q}$'s contracts a leading axis (forward + backward at T = 256, batch 32 x 4
+    heads: 48 against 41 ms on CPU). Peak extra
     memory is O(block x T_k) per head instead of O(T_q x T_k). Up to
     [UNROLL][manualgrad.ops.attention.UNROLL] blocks run without a loop or padding, and a causal
     block skips the keys after its last query; a causal sequence that short is cut into UNROLL
@@ -204,13 +208,21 @@ def _block_fwd(q_b: jax.Array, k: jax.Array, v: jax.Array, allow: Any, c: float)
     return o, jnp.where(attends, m + jnp.log(safe), 0.0)
 
 
-def _block_bwd(p: jax.Array, q_b: jax.Array, k: jax.Array, v: jax.Array, g_b: jax.Array, d_b: jax.Array,
-               c: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One block's ``dq`` rows and its shares of ``dk`` and ``dv``, from its probabilities ``p``."""
-    dp = jnp.einsum("...qe,...ke->...qk", g_b, v)
-    ds = p * (dp - d_b)
-    dq_b = jnp.einsum("...qk,...kd->...qd", ds, k) * c
-    return dq_b, jnp.einsum("...qk,...qd->...kd", ds, q_b) * c, jnp.einsum("...qk,...qe->...ke", p, g_b)
+def _block_bwd(q_b: jax.Array, k: jax.Array, v: jax.Array, g_b: jax.Array, lse_b: jax.Array, d_b: jax.Array,
+               allow: Any, c: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One block's ``dq`` rows and its shares of ``dk`` and ``dv``, keys by queries: the block's
+    scores are formed transposed, ``s^T = c k q_b^T``, and ``p^T = exp(s^T - L^T)`` is the
+    forward's probabilities exactly (0 where masked), so that ``dk = c ds^T q_b`` and
+    ``dv = p^T g_b`` read both operands in place; only ``dq = c (ds^T)^T k`` contracts a leading
+    axis."""
+    s_t = jnp.einsum("...kd,...qd->...kq", k, q_b) * c
+    if allow is not None:
+        s_t = jnp.where(jnp.swapaxes(allow, -1, -2), s_t, -jnp.inf)
+    p_t = jnp.exp(s_t - jnp.swapaxes(lse_b, -1, -2))
+    dp_t = jnp.einsum("...ke,...qe->...kq", v, g_b)
+    ds_t = p_t * (dp_t - jnp.swapaxes(d_b, -1, -2))
+    return (jnp.einsum("...kq,...kd->...qd", ds_t, k) * c, jnp.einsum("...kq,...qd->...kd", ds_t, q_b) * c,
+            jnp.einsum("...kq,...qe->...ke", p_t, g_b))
 
 
 UNROLL = 2
@@ -297,8 +309,8 @@ def _bwd_rows(q: jax.Array, k: jax.Array, v: jax.Array, o: jax.Array, lse: jax.A
         for a, b, n in spans:
             k_n, v_n = k[..., :n, :], v[..., :n, :]
             allow = _allowed(None if full is None else full[..., a:b, :n], a, b - a, n, causal)
-            p_b = jnp.exp(_scores(q[..., a:b, :], k_n, allow, c) - lse[..., a:b, :])  # the forward's p
-            dq_b, dk_b, dv_b = _block_bwd(p_b, q[..., a:b, :], k_n, v_n, g[..., a:b, :], big_d[..., a:b, :], c)
+            dq_b, dk_b, dv_b = _block_bwd(q[..., a:b, :], k_n, v_n, g[..., a:b, :], lse[..., a:b, :],
+                                          big_d[..., a:b, :], allow, c)
             dq.append(dq_b)
             dk, dv = dk.at[..., :n, :].add(dk_b), dv.at[..., :n, :].add(dv_b)
         return jnp.concatenate(dq, axis=-2), dk, dv
@@ -306,9 +318,7 @@ def _bwd_rows(q: jax.Array, k: jax.Array, v: jax.Array, o: jax.Array, lse: jax.A
     def one_block(carry, a):
         dk, dv = carry
         i, q_b, g_b, lse_b, d_b, mask_b = a
-        s = _scores(q_b, k, _allowed(mask_b, i * block, block, t_k, causal), c)
-        p_b = jnp.exp(s - lse_b)  # the forward's probabilities, exactly; 0 where masked
-        dq_b, dk_b, dv_b = _block_bwd(p_b, q_b, k, v, g_b, d_b, c)
+        dq_b, dk_b, dv_b = _block_bwd(q_b, k, v, g_b, lse_b, d_b, _allowed(mask_b, i * block, block, t_k, causal), c)
         return (dk + dk_b, dv + dv_b), dq_b
 
     xs = (_blocks(q, block), _blocks(g, block), _blocks(lse, block), _blocks(big_d, block),
