@@ -91,9 +91,10 @@ def test_a_short_causal_sequence_runs_as_two_blocks_the_first_skipping_half_the_
 
 def test_attention_in_groups_of_leading_rows_passes_every_check(monkeypatch):
     """On CPU the leading (batch x head) rows run in groups whose largest block of scores fits
-    GROUP_BYTES (1 MiB): shrunk here so that tiny examples run in groups, and every check of the
-    op registry runs on that path: a mask shared by every row, a mask per batch entry split with
-    the rows (its head axis broadcast), the loop over query blocks inside each group."""
+    GROUP_BYTES (1 MiB): shrunk here so that tiny examples run in groups, and every kind of check
+    the op registry runs, on these examples: a mask shared by every row, a mask per batch entry
+    split with the rows (its head axis broadcast), the loop over query blocks inside each group;
+    then the per-batch mask again with two rows a group."""
     from manualgrad import check
     from manualgrad.core import Example
 
@@ -117,11 +118,15 @@ def test_attention_in_groups_of_leading_rows_passes_every_check(monkeypatch):
 
     reports = check.check_op(ops.attention, examples, dtypes=(jnp.float64,))
     assert reports and all(r.passed for r in reports), [r for r in reports if not r.passed]
+    monkeypatch.setattr(attention_module, "GROUP_BYTES", 2 * 5 * 4 * 8)  # 5 x 4 scores a row: 2 rows a group
+    assert attention_module._groups(q, q[..., :4, :], False, 128) == 3
+    reports = check.check_op(ops.attention, lambda rng: examples(rng)[1:2], dtypes=(jnp.float64,))
+    assert reports and all(r.passed for r in reports), [r for r in reports if not r.passed]
 
 
 def test_groups_of_rows_give_the_ungrouped_values_and_less_memory(monkeypatch):
-    """The groups change where the work runs, not what it computes (float32, the transformer's
-    layout at T = 256: 16 groups of 8 rows), and hold one group's scores instead of all."""
+    """The groups change where the work runs, not what it computes (float32, T = 256, 16 rows:
+    2 groups of 8), and hold one group's scores instead of all."""
     attention_module = __import__("manualgrad.ops.attention", fromlist=["_groups"])
     q, k, v, g = (jnp.asarray(np.random.default_rng(i).standard_normal((4, 4, 256, 8)), jnp.float32) for i in range(4))
 

@@ -142,6 +142,7 @@ def test_targets_sum_fingerprints_each_step_of_scanned_and_looped_epochs():
     assert float(m["targets_sum"]) == float(y[:16].sum())
     heads = (np.arange(4), np.full((4, 2), 0.5, np.float32))
     assert float(train.targets_sum(heads)) == 6.0 + 4.0
+    assert train.targets_sum(()).dtype == jnp.float32 and float(train.targets_sum(())) == 0.0  # no targets
 
 
 def test_epoch_permutation_drops_only_the_partial_batch_and_reshuffles():

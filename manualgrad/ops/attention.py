@@ -249,7 +249,8 @@ GPUs run one group."""
 
 def _groups(q: jax.Array, k: jax.Array, causal: bool, block: int) -> int:
     """The fewest groups (a divisor of the leading rows) whose largest block of scores fits
-    :data:`GROUP_BYTES`; one where the leading rows' scores fit already."""
+    :data:`GROUP_BYTES`; one where the leading rows' scores fit already, and one row a group
+    where no divisor fits (a row's block alone over the budget, or a prime number of rows)."""
     lead = int(np.prod(np.shape(q)[:-2], dtype=np.int64))
     per_row = max((b - a) * n for a, b, n in _spans(q.shape[-2], k.shape[-2], block, causal)) * q.dtype.itemsize
     return next((n for n in range(1, lead + 1) if lead % n == 0 and lead // n * per_row <= GROUP_BYTES), max(lead, 1))

@@ -93,7 +93,8 @@ def make_epoch(
     permutation are dropped), then runs the update over the ``n // batch_size`` batches. The
     model runs in training mode; step ``i`` (0-based) gets the key ``step_key(key, i)``,
     independent of the permutation's, and the state travels with the params.
-    ``metrics["loss"]`` and ``metrics["grad_norm"]`` have one entry per step. Params,
+    ``metrics["loss"]``, ``metrics["grad_norm"]`` and ``metrics["targets_sum"]`` have one
+    entry per step. Params,
     optimizer state and state are donated.
 
     Args:

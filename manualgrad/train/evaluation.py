@@ -26,7 +26,7 @@ class NonFiniteError(FloatingPointError):
 def check_finite(metrics: dict, epoch: int, first_step: int = 1) -> None:
     """Raise :class:`NonFiniteError` naming the epoch and the first step whose loss or gradient is not finite.
 
-    ``metrics`` holds per-step arrays (``"loss"``, ``"grad_norm"``) as returned by
+    ``metrics`` holds per-step arrays (``"loss"``, ``"grad_norm"``, ...) as returned by
     :func:`make_epoch` (or a single step's scalars); ``first_step`` numbers the first entry.
     """
     loss = np.atleast_1d(np.asarray(metrics["loss"]))

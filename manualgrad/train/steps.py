@@ -53,8 +53,10 @@ def updater(
 
 def targets_sum(y: Any, axis_name: str | None = None) -> jax.Array:
     """The sum of every target of the batch in float32 (over all devices of ``axis_name``): a
-    fingerprint of which examples a step trained on, equal in runs that visit the same batches
-    (scanned or looped epochs, one device or several, a resumed run).
+    fingerprint of which examples a step trained on. Runs that visit the same batches (scanned
+    or looped epochs, one device or several, a resumed run) give equal sums for integer or
+    boolean targets (class ids, tokens; exact while the sum stays below 2**24); for float targets
+    a different order of summation (several devices' partial sums) may change the last bits.
 
     It is also what keeps a train step off the calling thread on XLA:CPU. The runtime runs a
     program's first ready operation, and everything that operation alone makes ready, on the
@@ -62,12 +64,14 @@ def targets_sum(y: Any, axis_name: str | None = None) -> jax.Array:
     core. A step whose only operation without inputs is the first layer's product then runs
     its forward and backward there, three threads sharing two cores' GEMMs (MLP 784-256-128-10
     at batch 1024: first-layer product 2.6 ms against 2.0 on a worker, step 7.0 ms against
-    5.8). This sum depends on nothing but the targets and XLA schedules it first: the calling
-    thread runs it and waits, and the workers run the step (BENCHMARKS.md, "The caller's
-    thread").
+    5.8). This sum depends on nothing but the targets, and in the steps measured here XLA
+    lists it first: the calling thread runs it and waits, and the workers run the step
+    (BENCHMARKS.md, "The caller's thread"). That order is XLA's choice, not a guarantee; where
+    it puts the product first the step runs as it did without the sum.
     """
-    total = sum(jnp.sum(leaf, dtype=jnp.float32) for leaf in jax.tree_util.tree_leaves(y))
-    return jnp.asarray(total, jnp.float32) if axis_name is None else jax.lax.psum(total, axis_name)
+    leaves = jax.tree_util.tree_leaves(y)
+    total = sum((jnp.sum(leaf, dtype=jnp.float32) for leaf in leaves), jnp.zeros((), jnp.float32))
+    return total if axis_name is None else jax.lax.psum(total, axis_name)
 
 
 def _pair(batch: Any) -> tuple[Any, Any]:
